@@ -1,0 +1,15 @@
+"""All routers of API v1, collected under /api/v1."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from privategpt.audit.routes import router as audit_router
+from privategpt.auth.routes import router as auth_router
+from privategpt.groups.routes import router as groups_router
+from privategpt.schemas import ERROR_RESPONSES
+from privategpt.users.routes import router as users_router
+
+api_router = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
+for router in (auth_router, groups_router, users_router, audit_router):
+    api_router.include_router(router)

@@ -1,0 +1,66 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from privategpt import __version__
+from privategpt.api import api_router
+from privategpt.auth.passwords import Passwords
+from privategpt.bootstrap import ensure_admin
+from privategpt.config import Settings, load_settings
+from privategpt.context import AppContext
+from privategpt.db import Database
+from privategpt.errors import envelope, install_error_handlers
+from privategpt.middleware import BodyMiddleware
+from privategpt.migrate import upgrade_database
+from privategpt.schemas import Envelope
+
+logger = logging.getLogger(__name__)
+
+
+class HealthOut(BaseModel):
+    database: str
+    version: str
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API; the database is migrated and the first admin ensured when the app starts."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database(settings)
+        try:
+            await upgrade_database(database.engine)
+            context = AppContext(settings=settings, database=database, passwords=Passwords(settings))
+            await ensure_admin(context)
+            app.state.context = context
+            yield
+        finally:
+            await database.dispose()
+
+    app = FastAPI(
+        title="PrivateGPT API",
+        version=__version__,
+        description="PrivateGPT API v1.5: chat with the Markdown documents each person may see.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodyMiddleware, max_bytes=settings.max_body_bytes)
+    app.include_router(api_router)
+
+    @app.get("/health", response_model=Envelope[HealthOut], tags=["health"], summary="Ready when 200")
+    async def health() -> dict[str, object]:
+        context: AppContext = app.state.context
+        async with context.database.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return envelope({"database": "ok", "version": __version__})
+
+    return app

@@ -1,0 +1,70 @@
+"""The audit log: who did what, when, to which fields — never a secret value."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from privategpt.models import AuditEvent, User
+
+SECRET_FIELDS = frozenset({"password", "ftpPassword", "token"})
+
+
+async def record(
+    session: AsyncSession,
+    *,
+    actor: User | None,
+    action: str,
+    target_type: str | None = None,
+    target: str | None = None,
+    fields: Iterable[str] = (),
+    client: str | None = None,
+    succeeded: bool = True,
+    actor_email: str | None = None,
+) -> None:
+    """Add an audit event to the current unit of work."""
+    session.add(
+        AuditEvent(
+            actor_id=actor.id if actor else None,
+            actor_email=actor.email if actor else actor_email,
+            action=action,
+            target_type=target_type,
+            target=target,
+            fields=sorted(set(fields)),
+            client=client,
+            succeeded=succeeded,
+        )
+    )
+    await session.flush()
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    events: list[AuditEvent]
+    total: int
+
+
+async def list_events(
+    session: AsyncSession, *, page: int, per_page: int, actor: str | None, action: str | None
+) -> AuditPage:
+    """Newest first; `actor` matches the actor's email, `action` an exact action or a `prefix.` family."""
+    conditions = []
+    if actor:
+        conditions.append(AuditEvent.actor_email == actor.strip().lower())
+    if action:
+        if action.endswith("."):
+            conditions.append(AuditEvent.action.startswith(action, autoescape=True))
+        else:
+            conditions.append(AuditEvent.action == action)
+    total = await session.scalar(select(func.count()).select_from(AuditEvent).where(*conditions)) or 0
+    rows = await session.scalars(
+        select(AuditEvent)
+        .where(*conditions)
+        .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    )
+    return AuditPage(events=list(rows), total=total)

@@ -1,0 +1,169 @@
+"""The operator's command line: `privategpt serve | db upgrade | users ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from privategpt.auth.passwords import Passwords
+from privategpt.config import Settings, SettingsError, load_settings
+from privategpt.context import AppContext
+from privategpt.db import Database
+from privategpt.errors import AppError
+from privategpt.migrate import upgrade_database
+from privategpt.schemas import ROLES
+from privategpt.users import service as users
+from privategpt.users.schemas import UserCreate, UserUpdate
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from privategpt.app import create_app
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    print(
+        f"PrivateGPT API on http://{host}:{port}/api/v1  (docs: http://{host}:{port}/docs)\n"
+        f"Log in: curl -X POST http://{host}:{port}/api/v1/login "
+        '-d \'{"email": "<admin email>", "password": "<password>"}\'',
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level, access_log=False)
+    return 0
+
+
+async def _with_context(settings: Settings, action: Callable[[AppContext], Awaitable[int]]) -> int:
+    database = Database(settings)
+    try:
+        await upgrade_database(database.engine)
+        return await action(AppContext(settings=settings, database=database, passwords=Passwords(settings)))
+    finally:
+        await database.dispose()
+
+
+def _read_password(given: str | None, prompt: str = "Password: ") -> str:
+    if given:
+        return given
+    if sys.stdin.isatty():
+        first = getpass.getpass(prompt)
+        if getpass.getpass("Repeat: ") != first:
+            raise SystemExit("Passwords do not match.")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _users_command(settings: Settings, args: argparse.Namespace) -> int:
+    async def create(ctx: AppContext) -> int:
+        data = UserCreate(
+            name=args.name or args.email,
+            email=args.email,
+            password=_read_password(args.password),
+            roles=list(ROLES) if args.admin else (args.role or []),
+            groups=args.group or [],
+            usePublic=args.use_public or args.admin,
+            publicUpload=args.public_upload or args.admin,
+        )
+        async with ctx.database.session() as session:
+            user = await users.create_user(session, ctx.settings, ctx.passwords, data, caller=None)
+            print(f"created {user.email} roles={','.join(sorted(user.role_names)) or '-'}")
+        return 0
+
+    async def list_(ctx: AppContext) -> int:
+        async with ctx.database.session(write=False) as session:
+            for user in await users.list_users(session):
+                state = "active" if user.is_active else "deactivated"
+                print(f"{user.email}\t{user.name}\t{state}\t{','.join(sorted(user.role_names)) or '-'}")
+        return 0
+
+    async def set_password(ctx: AppContext) -> int:
+        data = UserUpdate(email=args.email, password=_read_password(args.password, "New password: "))
+        async with ctx.database.session() as session:
+            await users.update_user(session, ctx.settings, ctx.passwords, data, caller=None)
+        print(f"password changed for {args.email}; the user's tokens were revoked")
+        return 0
+
+    async def deactivate(ctx: AppContext) -> int:
+        async with ctx.database.session() as session:
+            await users.deactivate_user(session, args.email, caller=None)
+        print(f"deactivated {args.email}")
+        return 0
+
+    actions = {"create": create, "list": list_, "set-password": set_password, "deactivate": deactivate}
+    return asyncio.run(_with_context(settings, actions[args.users_command]))
+
+
+def _db_command(settings: Settings, args: argparse.Namespace) -> int:
+    async def upgrade() -> int:
+        database = Database(settings)
+        try:
+            await upgrade_database(database.engine)
+        finally:
+            await database.dispose()
+        print("database is up to date")
+        return 0
+
+    return asyncio.run(upgrade())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="privategpt", description="PrivateGPT API v1.5 server")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start the API server")
+    serve.add_argument("--host", help="bind address (default PGPT_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default PGPT_PORT or 8001)")
+    serve.set_defaults(handler=_serve)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="apply pending schema migrations")
+    db.set_defaults(handler=_db_command)
+
+    user_parser = commands.add_parser("users", help="manage users")
+    user_commands = user_parser.add_subparsers(dest="users_command", required=True)
+    create = user_commands.add_parser("create", help="create a user")
+    create.add_argument("--email", required=True)
+    create.add_argument("--name")
+    create.add_argument("--password", help="read from the terminal or stdin when omitted")
+    create.add_argument("--role", action="append", choices=ROLES, help="repeatable")
+    create.add_argument("--group", action="append", help="existing group, repeatable")
+    create.add_argument("--use-public", action="store_true")
+    create.add_argument("--public-upload", action="store_true")
+    create.add_argument("--admin", action="store_true", help="every role, usePublic and publicUpload")
+    user_commands.add_parser("list", help="list users")
+    set_password = user_commands.add_parser("set-password", help="set a user's password")
+    set_password.add_argument("email")
+    set_password.add_argument("--password", help="read from the terminal or stdin when omitted")
+    deactivate = user_commands.add_parser("deactivate", help="deactivate a user")
+    deactivate.add_argument("email")
+    user_parser.set_defaults(handler=_users_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"privategpt: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler: Callable[[Settings, argparse.Namespace], int] = args.handler
+    try:
+        return handler(settings, args)
+    except AppError as exc:
+        print(f"privategpt: {exc.message}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # pydantic validation of CLI input
+        print(f"privategpt: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Settings: one typed object, read from `PGPT_*` environment variables and an optional `.env`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "PGPT_"
+
+
+class SettingsError(Exception):
+    """The configuration is unusable; the message says which setting and why."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(Path("./data"), description="Where the SQLite database and other state live.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; overrides the SQLite file in data_dir. postgresql:// switches to PostgreSQL.",
+    )
+    admin_email: str | None = Field(None, description="Admin created on first start when no user exists.")
+    admin_password: SecretStr | None = Field(
+        None, description="Password of that admin; without it a strong one is generated and printed once."
+    )
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest accepted request body (413).")
+    host: str = Field("127.0.0.1", description="Default bind address of `privategpt serve`.")
+    port: int = Field(8001, ge=1, le=65535, description="Default port of `privategpt serve`.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    token_lifetime_seconds: int | None = Field(
+        None, gt=0, description="Optional token lifetime; tokens never expire when unset (the contract)."
+    )
+    password_min_length: int = Field(8, ge=1, le=128)
+    login_max_failures: int = Field(5, ge=1, description="Failed logins per email within the window (429).")
+    login_max_failures_per_client: int = Field(
+        20, ge=1, description="Failed logins per client address within the window (429)."
+    )
+    login_window_seconds: int = Field(300, ge=1)
+    trust_forwarded_for: bool = Field(
+        False, description="Take the client address from X-Forwarded-For (only behind a trusted proxy)."
+    )
+
+    # argon2id cost; the defaults follow RFC 9106's second recommended option.
+    argon2_time_cost: int = Field(3, ge=1)
+    argon2_memory_kib: int = Field(65536, ge=8)
+    argon2_parallelism: int = Field(4, ge=1)
+
+    db_pool_size: int = Field(10, ge=1, description="PostgreSQL connection pool size per process.")
+
+    @model_validator(mode="after")
+    def _admin_pair(self) -> Settings:
+        if self.admin_password is not None and not self.admin_email:
+            raise ValueError("PGPT_ADMIN_PASSWORD is set but PGPT_ADMIN_EMAIL is not")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The async SQLAlchemy URL in use (driver added when the user gave a plain scheme)."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'privategpt.db').resolve()}"
+        return to_async_url(url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+
+def to_async_url(url: str) -> str:
+    """Map user-facing URL schemes onto the async drivers this server ships with."""
+    for plain, driver in (
+        ("postgresql+asyncpg://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite+aiosqlite://", "sqlite+aiosqlite://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    raise SettingsError(f"PGPT_DATABASE_URL must start with sqlite:// or postgresql://, got {url.split(':', 1)[0]!r}")
+
+
+def _unknown_variables(environ: dict[str, str]) -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings, or raise SettingsError with a message fit for an operator."""
+    unknown = _unknown_variables(dict(os.environ))
+    if unknown:
+        raise SettingsError(f"Unknown setting(s): {', '.join(unknown)}")
+    try:
+        settings = Settings(**overrides)
+        settings.resolved_database_url  # noqa: B018 - validates the URL scheme early
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ENV_PREFIX + ".".join(str(p) for p in err["loc"]).upper() if err["loc"] else "settings"
+            if err["type"] == "extra_forbidden":
+                lines.append(f"{name}: unknown setting")
+            else:
+                lines.append(f"{name}: {err['msg']}")
+        raise SettingsError("Invalid settings:\n  " + "\n  ".join(lines)) from None
+    return settings

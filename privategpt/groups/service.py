@@ -1,0 +1,108 @@
+"""Groups: listing for a caller, creation, and deletion that never orphans a source."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from privategpt.audit import service as audit
+from privategpt.auth.principal import Principal
+from privategpt.errors import Conflict, NotFound, ValidationFailed
+from privategpt.models import Group, GroupMember, Source, SourceGroup
+
+# Roles that see every group as assignable (they hand groups to users or to sources).
+_ASSIGNING_ROLES = frozenset({"users", "documents"})
+
+
+def name_key(name: str) -> str:
+    return name.strip().casefold()
+
+
+async def groups_by_names(session: AsyncSession, names: Sequence[str], field: str = "groups") -> list[Group]:
+    """Resolve group names (case-insensitively) or fail validation naming the unknown ones."""
+    keys = list(dict.fromkeys(name_key(n) for n in names))
+    if not keys:
+        return []
+    found = list(await session.scalars(select(Group).where(Group.name_key.in_(keys))))
+    missing = sorted(set(keys) - {g.name_key for g in found})
+    if missing:
+        raise ValidationFailed(field, f"The selected group does not exist: {', '.join(missing)}.")
+    return found
+
+
+@dataclass(frozen=True)
+class GroupListing:
+    personal: list[str]
+    assignable: list[str]
+    use_public: bool
+
+
+async def list_for(session: AsyncSession, principal: Principal) -> GroupListing:
+    personal = principal.group_names
+    if principal.roles & _ASSIGNING_ROLES:
+        assignable = list(await session.scalars(select(Group.name).order_by(func.lower(Group.name))))
+    else:
+        assignable = personal
+    return GroupListing(personal=personal, assignable=assignable, use_public=principal.user.use_public)
+
+
+async def create_group(session: AsyncSession, name: str, *, caller: Principal, client: str | None) -> Group:
+    """Create a group; the creator becomes its first member."""
+    key = name_key(name)
+    if await session.scalar(select(Group.id).where(Group.name_key == key)) is not None:
+        raise Conflict("The group already exists.", errors={"groupName": ["The group already exists."]})
+    group = Group(name=name.strip(), name_key=key, created_by_id=caller.user.id)
+    session.add(group)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise Conflict("The group already exists.") from None
+    session.add(GroupMember(user_id=caller.user.id, group_id=group.id))
+    await session.flush()
+    await audit.record(
+        session,
+        actor=caller.user,
+        action="group.create",
+        target_type="group",
+        target=group.name,
+        fields=["groupName"],
+        client=client,
+    )
+    return group
+
+
+async def delete_group(session: AsyncSession, name: str, *, caller: Principal, client: str | None) -> None:
+    """Delete a group unless a source belongs to it alone (it would silently become orphaned)."""
+    group = await session.scalar(select(Group).where(Group.name_key == name_key(name)))
+    if group is None:
+        raise NotFound("The group does not exist.")
+    other = aliased(SourceGroup)
+    sole_holder = await session.scalar(
+        select(func.count())
+        .select_from(SourceGroup)
+        .join(Source, Source.id == SourceGroup.source_id)
+        .where(
+            SourceGroup.group_id == group.id,
+            ~exists().where(and_(other.source_id == SourceGroup.source_id, other.group_id != group.id)),
+        )
+    )
+    if sole_holder:
+        raise Conflict(f"The group is the only group of {sole_holder} source(s); move or delete them first.")
+    await session.execute(delete(GroupMember).where(GroupMember.group_id == group.id))
+    await session.execute(delete(SourceGroup).where(SourceGroup.group_id == group.id))
+    await session.delete(group)
+    await session.flush()
+    await audit.record(
+        session,
+        actor=caller.user,
+        action="group.delete",
+        target_type="group",
+        target=group.name,
+        fields=["groupName"],
+        client=client,
+    )

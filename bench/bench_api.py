@@ -1,0 +1,164 @@
+"""Throughput and latency of `GET /groups` and `POST /login` under concurrent clients.
+
+Starts `privategpt serve` as a real server process (SQLite and/or PostgreSQL via pgserver), seeds groups and a
+user, then drives it with wrk (a C load generator, so the client costs little of this machine's CPU):
+
+    apt-get install -y wrk
+    python bench/bench_api.py --databases sqlite,postgresql --connections 50 --duration 20
+
+Prints a Markdown table; results are recorded in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ADMIN_EMAIL = "bench-admin@example.com"
+ADMIN_PASSWORD = "bench-admin-password"
+USER_PASSWORD = "bench-user-password"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def server(database: str, workdir: Path) -> Iterator[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGPT_")}
+    env.update(
+        PGPT_DATA_DIR=str(workdir / "data"),
+        PGPT_ADMIN_EMAIL=ADMIN_EMAIL,
+        PGPT_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        PGPT_LOG_LEVEL="warning",
+    )
+    pg = None
+    if database == "postgresql":
+        import pgserver
+
+        pg = pgserver.get_server(str(workdir / "pg"), cleanup_mode="stop")
+        pg.psql('CREATE DATABASE "bench";')
+        env["PGPT_DATABASE_URL"] = f"postgresql://postgres@/bench?host={workdir / 'pg'}"
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "privategpt.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("server did not start")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if pg is not None:
+            pg.cleanup()
+
+
+def seed(base: str) -> tuple[str, str]:
+    """20 groups; a plain user in 5 of them. Returns (user email, user token)."""
+    api = httpx.Client(base_url=base + "/api/v1", timeout=30)
+    admin = api.post("/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}).json()["data"]["token"]
+    auth = {"Authorization": f"Bearer {admin}"}
+    for i in range(20):
+        api.post("/groups", json={"groupName": f"group-{i:02d}"}, headers=auth).raise_for_status()
+    email = "bench-user@example.com"
+    api.post(
+        "/users",
+        json={"name": "Bench", "email": email, "password": USER_PASSWORD, "groups": [f"group-{i:02d}" for i in range(5)]},
+        headers=auth,
+    ).raise_for_status()
+    token = api.post("/login", json={"email": email, "password": USER_PASSWORD}).json()["data"]["token"]
+    return email, token
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def wrk(url: str, connections: int, duration: int, script: Path) -> dict[str, float]:
+    threads = min(2, connections)
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50": p50, "p99": p99, "non2xx": float(errors.group(1)) if errors else 0.0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--duration", type=int, default=20)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is required: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
+    rows = []
+    for database in args.databases.split(","):
+        with tempfile.TemporaryDirectory(prefix="pgpt-bench-") as tmp, server(database, Path(tmp)) as base:
+            email, token = seed(base)
+            groups_script = Path(tmp) / "groups.lua"
+            groups_script.write_text(f'wrk.method = "GET"\nwrk.headers["Authorization"] = "Bearer {token}"\n')
+            login_script = Path(tmp) / "login.lua"
+            body = json.dumps({"email": email, "password": USER_PASSWORD}).replace('"', '\\"')
+            login_script.write_text(
+                f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = "application/json"\n'
+            )
+            for name, path, script in (
+                ("GET /groups", "/api/v1/groups", groups_script),
+                ("POST /login", "/api/v1/login", login_script),
+            ):
+                result = wrk(base + path, args.connections, args.duration, script)
+                rows.append((database, name, result))
+                print(f"{database:10} {name:12} {result}", file=sys.stderr, flush=True)
+
+    print(f"\n| database | endpoint | clients | req/s | p50 ms | p99 ms | non-2xx |\n|---|---|---|---|---|---|---|")
+    for database, name, r in rows:
+        print(
+            f"| {database} | {name} | {args.connections} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} "
+            f"| {r['non2xx']:.0f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

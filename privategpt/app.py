@@ -21,6 +21,7 @@ from privategpt.errors import envelope, install_error_handlers
 from privategpt.middleware import BodyMiddleware
 from privategpt.migrate import upgrade_database
 from privategpt.schemas import Envelope
+from privategpt.worker.handlers import build_worker
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             context = AppContext(settings=settings, database=database, passwords=Passwords(settings))
             await ensure_admin(context)
             app.state.context = context
-            yield
+            app.state.worker = None
+            if settings.embedded_worker:
+                app.state.worker = build_worker(database, settings)
+                await app.state.worker.start()
+            try:
+                yield
+            finally:
+                if app.state.worker is not None:
+                    await app.state.worker.stop()
         finally:
             await database.dispose()
 

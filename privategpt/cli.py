@@ -111,6 +111,14 @@ def _db_command(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(upgrade())
 
 
+def _worker_command(settings: Settings, args: argparse.Namespace) -> int:
+    from privategpt.worker.process import run_worker_process
+
+    if args.concurrency is not None:
+        settings = settings.model_copy(update={"worker_concurrency": args.concurrency})
+    return run_worker_process(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privategpt", description="PrivateGPT API v1.5 server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="apply pending schema migrations")
     db.set_defaults(handler=_db_command)
+
+    worker = commands.add_parser("worker", help="run background ingestion jobs")
+    worker.add_argument("--concurrency", type=int, help="jobs at once (default PGPT_WORKER_CONCURRENCY or 2)")
+    worker.set_defaults(handler=_worker_command)
 
     user_parser = commands.add_parser("users", help="manage users")
     user_commands = user_parser.add_subparsers(dest="users_command", required=True)

@@ -59,6 +59,24 @@ class Settings(BaseSettings):
 
     db_pool_size: int = Field(10, ge=1, description="PostgreSQL connection pool size per process.")
 
+    max_source_bytes: int = Field(
+        5 * 1024 * 1024, gt=0, description="Largest Markdown content of one source, in UTF-8 bytes (422)."
+    )
+    embedded_worker: bool = Field(
+        True,
+        description="Run the ingestion worker inside the server process; turn off when `privategpt worker` runs.",
+    )
+    worker_concurrency: int = Field(2, ge=1, le=64, description="Ingestion jobs one worker process runs at once.")
+    worker_lease_seconds: float = Field(
+        30.0, gt=0, description="A job whose worker stops heartbeating for this long is retried by another."
+    )
+    worker_poll_seconds: float = Field(
+        1.0, gt=0, description="How often an idle worker looks for jobs queued by other processes."
+    )
+    worker_max_attempts: int = Field(
+        3, ge=1, description="Claims of one job before its source is marked `error` (a job that kills workers)."
+    )
+
     @model_validator(mode="after")
     def _admin_pair(self) -> Settings:
         if self.admin_password is not None and not self.admin_email:

@@ -205,3 +205,28 @@ class SourceGroup(Base):
     group: Mapped[Group] = relationship(lazy="joined")
 
     __table_args__ = (Index("ix_source_groups_group_id", "group_id"),)
+
+
+class Job(Base):
+    """A durable background job (ingestion of one source), claimed under a lease.
+
+    The row is written in the same transaction as the change that needs it, so a job never outlives a
+    rolled-back source; workers are only woken after that transaction commits.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    source_id: Mapped[str] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), index=True)
+    # queued | running; finished jobs are deleted, their outcome lives on the source.
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    run_after: Mapped[datetime] = mapped_column(default=utcnow)
+    locked_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    # A worker that stops heartbeating loses its job once this passes; another worker then retries it.
+    locked_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_jobs_state_run_after", "state", "run_after"),)

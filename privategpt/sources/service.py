@@ -1,0 +1,243 @@
+"""Sources: create, read, edit, delete and list — every read through `access.visible_sources_clause`.
+
+Services only flush; the request's unit of work commits. Ingestion jobs are written in that same
+transaction and the worker is woken after it commits (`privategpt.worker.queue`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from privategpt import access
+from privategpt.audit import service as audit
+from privategpt.auth.principal import Principal
+from privategpt.config import Settings
+from privategpt.errors import Forbidden, NotFound, ValidationFailed
+from privategpt.groups.service import groups_by_names, name_key
+from privategpt.models import Group, Source, SourceGroup, utcnow
+from privategpt.rag import delete_source_chunks
+from privategpt.sources.schemas import Creator, SourceCreate, SourceOut, SourceUpdate
+from privategpt.worker import queue
+
+Wake = Callable[[], None]
+
+NOT_FOUND = "Source not found."
+
+
+def to_out(source: Source) -> SourceOut:
+    groups = sorted((link.group.name for link in source.group_links), key=str.lower)
+    creator = Creator(email=source.creator.email, name=source.creator.name) if source.creator else None
+    return SourceOut(
+        sourceId=source.id,
+        name=source.name,
+        title=source.name,
+        groups=groups,
+        isPublic=source.is_public,
+        state=source.state,
+        error=source.error if source.state == "error" else None,
+        creator=creator,
+        createdAt=source.created_at,
+        updatedAt=source.updated_at,
+    )
+
+
+def _check_content(settings: Settings, content: str) -> None:
+    if not content.strip():
+        raise ValidationFailed("content", "The content field must not be empty.")
+    size = len(content.encode("utf-8"))
+    if size > settings.max_source_bytes:
+        raise ValidationFailed(
+            "content", f"The content must not be larger than {settings.max_source_bytes} bytes (got {size})."
+        )
+
+
+def _check_writable(caller: Principal, group_ids: Sequence[int]) -> None:
+    access.check_source_groups_writable(caller, group_ids, is_public=not group_ids)
+
+
+async def create_source(
+    session: AsyncSession, settings: Settings, body: SourceCreate, *, caller: Principal, client: str, wake: Wake | None
+) -> Source:
+    """Store a source in state `processing` and queue its ingestion."""
+    _check_content(settings, body.content)
+    groups = await groups_by_names(session, body.groups)
+    _check_writable(caller, [g.id for g in groups])
+    now = utcnow()
+    source = Source(
+        name=body.name,
+        content=body.content,
+        is_public=not groups,
+        creator_id=caller.user.id,
+        state="processing",
+        group_links=[SourceGroup(group_id=g.id) for g in groups],
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(source)
+    await session.flush()
+    await queue.enqueue(session, queue.INGEST, source.id, wake=wake)
+    await audit.record(
+        session,
+        actor=caller.user,
+        action="source.create",
+        target_type="source",
+        target=source.id,
+        fields=["name", "groups", "content"],
+        client=client,
+    )
+    return source
+
+
+async def get_visible(session: AsyncSession, caller: Principal, source_id: str, *, lock: bool = False) -> Source:
+    """The source if the caller may see it; 404 alike for a missing and an invisible one."""
+    statement = select(Source).where(Source.id == source_id, access.visible_sources_clause(caller))
+    if lock:
+        # Edits and the worker's final write lock the source row first, always in that order.
+        statement = statement.with_for_update(of=Source)
+    source = await session.scalar(statement)
+    if source is None:
+        raise NotFound(NOT_FOUND)
+    return source
+
+
+async def _get_writable(session: AsyncSession, caller: Principal, source_id: str) -> Source:
+    source = await get_visible(session, caller, source_id, lock=True)
+    _check_writable(caller, [link.group_id for link in source.group_links])
+    return source
+
+
+async def update_source(
+    session: AsyncSession,
+    settings: Settings,
+    source_id: str,
+    body: SourceUpdate,
+    *,
+    caller: Principal,
+    client: str,
+    wake: Wake | None,
+) -> Source:
+    """Change only the keys sent; new content (or a new name, which is indexed too) re-ingests."""
+    source = await _get_writable(session, caller, source_id)
+    sent = body.model_fields_set
+    changed: list[str] = []
+    if "content" in sent and body.content is not None:
+        _check_content(settings, body.content)
+    if "groups" in sent and body.groups is not None:
+        groups = await groups_by_names(session, body.groups)
+        new_ids = [g.id for g in groups]
+        _check_writable(caller, new_ids)
+        kept = {link.group_id: link for link in source.group_links}
+        if set(new_ids) != set(kept):
+            source.group_links = [kept.get(gid) or SourceGroup(group_id=gid) for gid in new_ids]
+            source.is_public = not new_ids
+            changed.append("groups")
+    reingest = False
+    if "name" in sent and body.name is not None and body.name != source.name:
+        source.name = body.name
+        changed.append("name")
+        reingest = True
+    if "content" in sent and body.content is not None and body.content != source.content:
+        source.content = body.content
+        changed.append("content")
+        reingest = True
+    if not changed:
+        return source
+    source.updated_at = utcnow()
+    if reingest:
+        source.state = "processing"
+        source.error = None
+    await session.flush()
+    if reingest:
+        # Out of the index at once: a source is searchable only in state `vectorized`, with its current text.
+        await delete_source_chunks(await session.connection(), source.id)
+        await queue.enqueue(session, queue.INGEST, source.id, wake=wake)
+    await audit.record(
+        session,
+        actor=caller.user,
+        action="source.update",
+        target_type="source",
+        target=source.id,
+        fields=changed,
+        client=client,
+    )
+    # The new group links carry no loaded `group` yet; reload them for the response.
+    await session.refresh(source, ["group_links"])
+    return source
+
+
+async def delete_source(session: AsyncSession, source_id: str, *, caller: Principal, client: str) -> None:
+    """Delete a source; from the commit on it is never retrieved again."""
+    source = await _get_writable(session, caller, source_id)
+    # The index rows and queued jobs go with the row (ON DELETE CASCADE), in this same transaction.
+    await session.delete(source)
+    await session.flush()
+    await audit.record(
+        session,
+        actor=caller.user,
+        action="source.delete",
+        target_type="source",
+        target=source_id,
+        fields=["sourceId"],
+        client=client,
+    )
+
+
+async def source_ids_of_group(session: AsyncSession, caller: Principal, group_name: str) -> list[str]:
+    """`POST /sources/groups`: ids in a group the caller belongs to, or the public ones for `""`."""
+    if group_name.strip() == "":
+        user = caller.user
+        if not (user.use_public or user.public_upload):
+            raise Forbidden("Listing public sources requires the usePublic or publicUpload permission.")
+        condition: ColumnElement[bool] = Source.is_public.is_(True)
+    else:
+        group = await session.scalar(select(Group).where(Group.name_key == name_key(group_name)))
+        if group is None:
+            raise NotFound("The group does not exist.")
+        if group.id not in caller.group_ids:
+            raise Forbidden("You are not a member of this group.")
+        condition = exists().where(SourceGroup.source_id == Source.id, SourceGroup.group_id == group.id)
+    rows = await session.scalars(select(Source.id).where(condition).order_by(Source.created_at, Source.id))
+    return list(rows)
+
+
+@dataclass(frozen=True)
+class SourcePage:
+    sources: list[Source]
+    total: int
+
+
+async def list_visible(
+    session: AsyncSession,
+    caller: Principal,
+    *,
+    group: str | None,
+    state: str | None,
+    page: int,
+    per_page: int,
+) -> SourcePage:
+    """The sources the caller may see, oldest first; `group=""` means the public ones."""
+    conditions = [access.visible_sources_clause(caller)]
+    if group is not None:
+        if group.strip() == "":
+            conditions.append(Source.is_public.is_(True))
+        else:
+            conditions.append(
+                exists()
+                .where(SourceGroup.source_id == Source.id)
+                .where(SourceGroup.group_id == Group.id, Group.name_key == name_key(group))
+            )
+    if state is not None:
+        conditions.append(Source.state == state)
+    total = await session.scalar(select(func.count()).select_from(Source).where(*conditions)) or 0
+    rows = await session.scalars(
+        select(Source)
+        .where(*conditions)
+        .order_by(Source.created_at, Source.id)
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    )
+    return SourcePage(sources=list(rows), total=total)

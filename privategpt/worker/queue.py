@@ -1,0 +1,187 @@
+"""The durable job queue: rows in `jobs`, claimed under a lease, finished in the job's own transaction.
+
+Guarantees, and what gives them:
+
+* A job exists only if the change that asked for it committed: `enqueue` writes the row in the caller's
+  transaction, and workers are woken only after that transaction commits (`wake_after_commit`).
+* Two workers never run a job at once: `claim` takes rows with `SELECT ... FOR UPDATE SKIP LOCKED` on
+  PostgreSQL; on SQLite the write session's `BEGIN IMMEDIATE` makes the select-and-update atomic.
+* A crashed worker's job is retried: its lease (`locked_until`) stops being renewed and runs out, and
+  `claim` takes expired jobs like queued ones.
+* A result is written only by the current holder of the current job: the handler's final transaction
+  calls `hold`, which locks the job row and checks `locked_by`. A job deleted meanwhile (superseded by
+  newer content, or its source deleted) or re-claimed after a lost lease writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, delete, event, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from privategpt.db import Database
+from privategpt.models import Job, utcnow
+
+INGEST = "ingest"
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    kind: str
+    source_id: str
+    # Claims so far, this one included.
+    attempts: int
+
+
+def new_worker_id() -> str:
+    """`host:pid:random`: unique per worker instance, and tells a later process on this host whose it was."""
+    return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def wake_after_commit(session: AsyncSession, wake: Callable[[], None] | None) -> None:
+    """Call `wake` once the session's transaction has committed (never if it rolls back)."""
+    if wake is None:
+        return
+
+    def _after_commit(_: Session) -> None:
+        wake()
+
+    event.listen(session.sync_session, "after_commit", _after_commit, once=True)
+
+
+async def enqueue(session: AsyncSession, kind: str, source_id: str, *, wake: Callable[[], None] | None) -> None:
+    """Queue a job for `source_id` in the caller's transaction, replacing any earlier job of that source.
+
+    Deleting the earlier job (queued or running) is what supersedes it: its worker finds the row gone
+    in its final transaction and writes nothing, so stale content is never indexed last.
+    """
+    await session.execute(delete(Job).where(Job.source_id == source_id, Job.kind == kind))
+    session.add(Job(kind=kind, source_id=source_id, state="queued", attempts=0, run_after=utcnow()))
+    await session.flush()
+    wake_after_commit(session, wake)
+
+
+async def claim(database: Database, worker_id: str, *, limit: int, lease_seconds: float) -> list[ClaimedJob]:
+    """Take up to `limit` runnable jobs (queued and due, or running with an expired lease), oldest first."""
+    now = utcnow()
+    runnable = or_(
+        and_(Job.state == "queued", Job.run_after <= now),
+        and_(Job.state == "running", Job.locked_until < now),
+    )
+    async with database.session(write=True) as session:
+        jobs = list(
+            await session.scalars(
+                select(Job).where(runnable).order_by(Job.id).limit(limit).with_for_update(skip_locked=True)
+            )
+        )
+        for job in jobs:
+            job.state = "running"
+            job.locked_by = worker_id
+            job.locked_until = now + timedelta(seconds=lease_seconds)
+            job.attempts += 1
+        await session.flush()
+        return [ClaimedJob(id=j.id, kind=j.kind, source_id=j.source_id, attempts=j.attempts) for j in jobs]
+
+
+async def heartbeat(database: Database, worker_id: str, job_ids: Sequence[int], *, lease_seconds: float) -> set[int]:
+    """Extend the lease of the jobs this worker still holds; returns their ids (the others were lost)."""
+    if not job_ids:
+        return set()
+    async with database.session(write=True) as session:
+        result = await session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.locked_by == worker_id, Job.state == "running")
+            .values(locked_until=utcnow() + timedelta(seconds=lease_seconds))
+            .returning(Job.id)
+        )
+        return set(result.scalars())
+
+
+async def hold(session: AsyncSession, job: ClaimedJob, worker_id: str) -> bool:
+    """Lock the job row in the caller's transaction; True if it still exists and is held by `worker_id`."""
+    holder = await session.scalar(
+        select(Job.locked_by).where(Job.id == job.id, Job.state == "running").with_for_update()
+    )
+    return holder == worker_id
+
+
+async def finish(session: AsyncSession, job: ClaimedJob) -> None:
+    """Remove a finished job in the caller's transaction; its outcome lives on the source."""
+    await session.execute(delete(Job).where(Job.id == job.id))
+
+
+async def retry_later(database: Database, job: ClaimedJob, worker_id: str, *, delay_seconds: float, error: str) -> None:
+    """Put a job that failed for a passing reason back in the queue, due after `delay_seconds`."""
+    async with database.session(write=True) as session:
+        await session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.locked_by == worker_id)
+            .values(
+                state="queued",
+                locked_by=None,
+                locked_until=None,
+                run_after=utcnow() + timedelta(seconds=delay_seconds),
+                last_error=error[:2000],
+            )
+        )
+
+
+async def release(database: Database, worker_id: str, job_ids: Sequence[int]) -> None:
+    """Hand jobs back on a clean shutdown, without counting the interrupted attempt."""
+    if not job_ids:
+        return
+    async with database.session(write=True) as session:
+        await session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.locked_by == worker_id)
+            .values(state="queued", locked_by=None, locked_until=None, attempts=Job.attempts - 1)
+        )
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def expire_dead_local_leases(database: Database, live_worker_ids: set[str]) -> int:
+    """Expire the leases of jobs held by workers of this host whose process is gone.
+
+    Only a speed-up after a crash and restart (otherwise the lease runs out on its own): a wrong guess
+    costs repeated work, never a wrong result, because only the current holder may write a result.
+    """
+    host = socket.gethostname()[:80]
+    async with database.session(write=True) as session:
+        held = (
+            await session.execute(
+                select(Job.id, Job.locked_by).where(
+                    Job.state == "running", Job.locked_by.startswith(host + ":", autoescape=True)
+                )
+            )
+        ).all()
+        dead: list[int] = []
+        for job_id, locked_by in held:
+            _, pid_text, _ = str(locked_by).rsplit(":", 2)
+            if not pid_text.isdigit() or int(pid_text) <= 0:
+                continue
+            pid = int(pid_text)
+            same_process = pid == os.getpid()
+            if (same_process and locked_by not in live_worker_ids) or (not same_process and not _process_alive(pid)):
+                dead.append(job_id)
+        if dead:
+            await session.execute(
+                update(Job).where(Job.id.in_(dead)).values(locked_until=utcnow() - timedelta(seconds=1))
+            )
+        return len(dead)

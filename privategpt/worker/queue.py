@@ -76,6 +76,10 @@ async def claim(database: Database, worker_id: str, *, limit: int, lease_seconds
         and_(Job.state == "queued", Job.run_after <= now),
         and_(Job.state == "running", Job.locked_until < now),
     )
+    # A plain read first: an idle worker polling must not take SQLite's write lock every time.
+    async with database.session(write=False) as session:
+        if await session.scalar(select(Job.id).where(runnable).limit(1)) is None:
+            return []
     async with database.session(write=True) as session:
         jobs = list(
             await session.scalars(

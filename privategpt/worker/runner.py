@@ -121,9 +121,10 @@ class Worker:
             if job.attempts > self.settings.worker_max_attempts:
                 # Claimed this often without finishing: the job itself keeps killing its workers.
                 await handler.give_up(
-                    job, self.worker_id, f"Ingestion was interrupted {job.attempts - 1} times and was abandoned."
+                    job, self.worker_id, f"Ingestion was abandoned after {job.attempts - 1} interrupted attempt(s)."
                 )
                 return
+            logger.info("Running job %s (%s of source %s, attempt %d)", job.id, job.kind, job.source_id, job.attempts)
             await handler.run(job, self.worker_id)
         except asyncio.CancelledError:
             raise
@@ -139,7 +140,9 @@ class Worker:
                     self.database, job, self.worker_id, delay_seconds=delay, error=type(exc).__name__
                 )
             else:
-                await handler.give_up(job, self.worker_id, f"Ingestion failed {job.attempts} times and was abandoned.")
+                await handler.give_up(
+                    job, self.worker_id, f"Ingestion was abandoned after {job.attempts} failed attempt(s)."
+                )
         except Exception:
             # The lease runs out and another claim retries (or abandons) the job.
             logger.exception("Could not record the failure of job %s", job.id)

@@ -25,11 +25,12 @@ def name_key(name: str) -> str:
 
 async def groups_by_names(session: AsyncSession, names: Sequence[str], field: str = "groups") -> list[Group]:
     """Resolve group names (case-insensitively) or fail validation naming the unknown ones."""
-    keys = list(dict.fromkeys(name_key(n) for n in names))
-    if not keys:
+    # Key -> the name as the client spelled it, so that the error names what they actually sent.
+    sent = {name_key(n): n.strip() for n in reversed(names)}
+    if not sent:
         return []
-    found = list(await session.scalars(select(Group).where(Group.name_key.in_(keys))))
-    missing = sorted(set(keys) - {g.name_key for g in found})
+    found = list(await session.scalars(select(Group).where(Group.name_key.in_(sent))))
+    missing = [sent[key] for key in sorted(set(sent) - {g.name_key for g in found})]
     if missing:
         raise ValidationFailed(field, f"The selected group does not exist: {', '.join(missing)}.")
     return found

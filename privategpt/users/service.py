@@ -77,20 +77,31 @@ async def get_by_email(session: AsyncSession, email: str) -> User:
     return user
 
 
-async def _active_admin_count(session: AsyncSession) -> int:
-    return (
-        await session.scalar(
-            select(func.count())
-            .select_from(UserRole)
-            .join(User, User.id == UserRole.user_id)
-            .where(UserRole.role == ADMIN_ROLE, User.is_active.is_(True))
-        )
-        or 0
+async def _lock_active_admins(session: AsyncSession) -> list[int]:
+    """Ids of the active holders of the admin role, locked until this transaction ends.
+
+    Without the lock two admins deleting (or demoting) each other at the same moment on PostgreSQL
+    (READ COMMITTED) would each count two admins and both commit, leaving none. Locked, the second
+    waits for the first and then re-reads the rows it changed. SQLite ignores FOR UPDATE; there write
+    transactions are already serialised by BEGIN IMMEDIATE.
+    """
+    rows = await session.scalars(
+        select(UserRole.user_id)
+        .join(User, User.id == UserRole.user_id)
+        .where(UserRole.role == ADMIN_ROLE, User.is_active.is_(True))
+        # One order for every caller, so that two transactions never wait on each other crosswise.
+        .order_by(UserRole.user_id)
+        .with_for_update()
     )
+    return list(rows)
 
 
 async def _ensure_not_last_admin(session: AsyncSession, target: User, action: str) -> None:
-    if target.is_active and ADMIN_ROLE in target.role_names and await _active_admin_count(session) <= 1:
+    if not (target.is_active and ADMIN_ROLE in target.role_names):
+        return
+    admins = await _lock_active_admins(session)
+    # Someone other than the target must remain (the target may even have been changed meanwhile).
+    if not [user_id for user_id in admins if user_id != target.id]:
         raise Conflict(f"Cannot {action} the last active user with the '{ADMIN_ROLE}' role.")
 
 
@@ -193,7 +204,9 @@ async def update_user(
         # The caller keeps the session they are using when they change their own password.
         keep = caller.token_id if caller is not None and caller.user.id == user.id else None
         await revoke_tokens(session, user.id, keep_token_id=keep)
-    user.updated_at = utcnow()
+    if sent:
+        # Set explicitly: role and group changes do not touch the users row, so onupdate would miss them.
+        user.updated_at = utcnow()
     await session.flush()
     await audit.record(
         session,

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
+import threading
 from typing import Any
 
+import httpx
 import pytest
-from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from privategpt.config import to_async_url
-from privategpt.models import Group, Source, SourceGroup
 from tests.fixtures.servers import Api
 
 CONTRACT_ROLES = ["ad", "analytics", "documents", "confluence-documents", "smtp", "system", "scenarios", "users"]
@@ -31,64 +28,18 @@ def listing(personal: list[str], assignable: list[str], use_public: bool) -> dic
     return ok({"personalGroups": personal, "assignableGroups": assignable, "usePublic": use_public})
 
 
-# --- TEMPORARY direct database access ----------------------------------------------------------------------
-# There is no sources API yet. Until POST /sources exists these helpers write `sources` and `source_groups`
-# rows straight into the server's database, and read the links back. Replace them with the API once it lands.
+def create_source(api: Api, token: str, name: str, groups: list[str]) -> str:
+    response = api.post("/sources", token, json={"name": name, "groups": groups, "content": f"# {name}"})
+    assert response.status_code == 200, response.text
+    source_id: str = response.json()["data"]["sourceId"]
+    return source_id
 
 
-def _run_db(database_url: str, work: Any) -> Any:
-    async def run() -> Any:
-        engine = create_async_engine(to_async_url(database_url))
-        try:
-            async with engine.begin() as conn:
-                return await work(conn)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
-
-
-def insert_source(database_url: str, name: str, groups: list[str]) -> str:
-    """Insert a vectorized source belonging to the named groups; returns its id."""
-
-    async def work(conn: AsyncConnection) -> str:
-        keys = [g.casefold() for g in groups]
-        group_ids = list((await conn.execute(select(Group.id).where(Group.name_key.in_(keys)))).scalars())
-        assert len(group_ids) == len(groups), f"unknown group among {groups}"
-        source_id = f"source-{name}"
-        await conn.execute(
-            insert(Source).values(
-                id=source_id, name=name, content=f"# {name}", is_public=not groups, state="vectorized"
-            )
-        )
-        for group_id in group_ids:
-            await conn.execute(insert(SourceGroup).values(source_id=source_id, group_id=group_id))
-        return source_id
-
-    result: str = _run_db(database_url, work)
-    return result
-
-
-def source_group_names(database_url: str, source_id: str) -> list[str]:
-    async def work(conn: AsyncConnection) -> list[str]:
-        rows = await conn.execute(
-            select(Group.name)
-            .join(SourceGroup, SourceGroup.group_id == Group.id)
-            .where(SourceGroup.source_id == source_id)
-            .order_by(Group.name)
-        )
-        return list(rows.scalars())
-
-    result: list[str] = _run_db(database_url, work)
-    return result
-
-
-def source_exists(database_url: str, source_id: str) -> bool:
-    async def work(conn: AsyncConnection) -> bool:
-        return (await conn.execute(select(Source.id).where(Source.id == source_id))).first() is not None
-
-    result: bool = _run_db(database_url, work)
-    return result
+def source_groups(api: Api, token: str, source_id: str) -> list[str]:
+    response = api.get(f"/sources/{source_id}", token)
+    assert response.status_code == 200, response.text
+    groups: list[str] = response.json()["data"]["groups"]
+    return sorted(groups)
 
 
 # --- GET /groups -------------------------------------------------------------------------------------------
@@ -239,11 +190,11 @@ def test_delete_group_removes_memberships(api: Api, admin: str) -> None:
     assert api.get("/groups", member).json() == listing(["Ops"], ["Ops"], False)
 
 
-def test_delete_group_that_solely_holds_a_source_is_a_conflict(api: Api, admin: str, database_url: str) -> None:
+def test_delete_group_that_solely_holds_a_source_is_a_conflict(api: Api, admin: str) -> None:
     make_groups(api, admin, "Sales")
     email, password = api.create_user(groups=["Sales"], token=admin)
     member = api.login(email, password)
-    source_id = insert_source(database_url, "handbook", ["Sales"])
+    source_id = create_source(api, admin, "handbook", ["Sales"])
 
     response = api.delete("/groups", admin, json={"groupName": "Sales"})
     assert response.status_code == 409
@@ -251,33 +202,74 @@ def test_delete_group_that_solely_holds_a_source_is_a_conflict(api: Api, admin: 
 
     # Nothing went half-way: group, membership and source link are intact.
     assert api.get("/groups", member).json() == listing(["Sales"], ["Sales"], False)
-    assert source_group_names(database_url, source_id) == ["Sales"]
+    assert source_groups(api, admin, source_id) == ["Sales"]
 
 
-def test_delete_group_drops_the_link_of_a_source_with_another_group(api: Api, admin: str, database_url: str) -> None:
+def test_delete_group_drops_the_link_of_a_source_with_another_group(api: Api, admin: str) -> None:
     make_groups(api, admin, "Sales", "Ops")
-    shared = insert_source(database_url, "shared", ["Sales", "Ops"])
+    shared = create_source(api, admin, "shared", ["Sales", "Ops"])
 
     response = api.delete("/groups", admin, json={"groupName": "Sales"})
     assert response.status_code == 200
     assert response.json() == ok({})
-    assert source_exists(database_url, shared)
-    assert source_group_names(database_url, shared) == ["Ops"]
+    # The source stays, in its other group only: it did not become public.
+    assert source_groups(api, admin, shared) == ["Ops"]
+    assert api.get(f"/sources/{shared}", admin).json()["data"]["isPublic"] is False
 
     # Now Ops holds the source alone.
     response = api.delete("/groups", admin, json={"groupName": "Ops"})
     assert response.status_code == 409
-    assert source_group_names(database_url, shared) == ["Ops"]
+    assert source_groups(api, admin, shared) == ["Ops"]
 
 
-def test_one_sole_source_blocks_deletion_even_among_shared_ones(api: Api, admin: str, database_url: str) -> None:
+def test_one_sole_source_blocks_deletion_even_among_shared_ones(api: Api, admin: str) -> None:
     make_groups(api, admin, "Sales", "Ops")
-    shared = insert_source(database_url, "shared", ["Sales", "Ops"])
-    insert_source(database_url, "only-sales", ["Sales"])
-    insert_source(database_url, "only-ops", ["Ops"])
+    shared = create_source(api, admin, "shared", ["Sales", "Ops"])
+    create_source(api, admin, "only-sales", ["Sales"])
+    create_source(api, admin, "only-ops", ["Ops"])
 
     response = api.delete("/groups", admin, json={"groupName": "Sales"})
     assert response.status_code == 409
     assert response.json() == error(409, "The group is the only group of 1 source(s); move or delete them first.")
     # The shared source kept both links: the refused delete changed nothing.
-    assert source_group_names(database_url, shared) == ["Ops", "Sales"]
+    assert source_groups(api, admin, shared) == ["Ops", "Sales"]
+
+
+def concurrently(api: Api, token: str, *calls: tuple[str, str, dict[str, Any]]) -> list[httpx.Response]:
+    """Send the calls at the same moment, each on its own connection; returns the responses in call order."""
+    barrier = threading.Barrier(len(calls))
+    responses: list[httpx.Response | None] = [None] * len(calls)
+
+    def send(index: int, method: str, path: str, body: dict[str, Any]) -> None:
+        with httpx.Client(base_url=api.base_url + "/api/v1", timeout=60) as client:
+            barrier.wait()
+            responses[index] = client.request(method, path, headers={"Authorization": f"Bearer {token}"}, json=body)
+
+    threads = [threading.Thread(target=send, args=(index, *call)) for index, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(r is not None for r in responses)
+    return [r for r in responses if r is not None]
+
+
+def test_concurrent_delete_and_link_never_orphan_a_source(api: Api, admin: str) -> None:
+    """Deleting a group while a source is being put into it: one of the two must lose, cleanly.
+
+    Either the source is created in the group and the delete is refused (409), or the group goes and the
+    source is refused because the group no longer exists (422). Never a source left without any group.
+    """
+    for round_number in range(12):
+        group = f"Race{round_number}"
+        api.create_group(group, admin)
+        source, delete = concurrently(
+            api,
+            admin,
+            ("POST", "/sources", {"name": group, "groups": [group], "content": "# x"}),
+            ("DELETE", "/groups", {"groupName": group}),
+        )
+        outcome = (source.status_code, delete.status_code)
+        assert outcome in ((200, 409), (422, 200)), (outcome, source.text, delete.text)
+        if source.status_code == 200:
+            assert source_groups(api, admin, source.json()["data"]["sourceId"]) == [group]

@@ -29,7 +29,11 @@ async def groups_by_names(session: AsyncSession, names: Sequence[str], field: st
     sent = {name_key(n): n.strip() for n in reversed(names)}
     if not sent:
         return []
-    found = list(await session.scalars(select(Group).where(Group.name_key.in_(sent))))
+    # FOR SHARE: callers link these groups to a user or a source next, and a concurrent delete_group
+    # (FOR UPDATE) must either wait for that link, and see it, or finish first so that the group is
+    # reported missing here. Without it a source could be linked to a group being deleted and be left
+    # with no group at all. SQLite ignores the clause; its write transactions are serialised anyway.
+    found = list(await session.scalars(select(Group).where(Group.name_key.in_(sent)).with_for_update(read=True)))
     missing = [sent[key] for key in sorted(set(sent) - {g.name_key for g in found})]
     if missing:
         raise ValidationFailed(field, f"The selected group does not exist: {', '.join(missing)}.")
@@ -79,7 +83,8 @@ async def create_group(session: AsyncSession, name: str, *, caller: Principal, c
 
 async def delete_group(session: AsyncSession, name: str, *, caller: Principal, client: str | None) -> None:
     """Delete a group unless a source belongs to it alone (it would silently become orphaned)."""
-    group = await session.scalar(select(Group).where(Group.name_key == name_key(name)))
+    # Locked first, so that the sole-holder check below sees every link made before it (see groups_by_names).
+    group = await session.scalar(select(Group).where(Group.name_key == name_key(name)).with_for_update())
     if group is None:
         raise NotFound("The group does not exist.")
     other = aliased(SourceGroup)

@@ -18,6 +18,7 @@ from privategpt.config import Settings, load_settings
 from privategpt.context import AppContext
 from privategpt.db import Database
 from privategpt.errors import envelope, install_error_handlers
+from privategpt.llm import build_language_model
 from privategpt.middleware import BodyMiddleware
 from privategpt.migrate import upgrade_database
 from privategpt.schemas import Envelope
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(settings)
+        app.state.llm = build_language_model(settings)
         try:
             await upgrade_database(database.engine)
             context = AppContext(settings=settings, database=database, passwords=Passwords(settings))
@@ -53,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if app.state.worker is not None:
                     await app.state.worker.stop()
         finally:
+            await app.state.llm.aclose()
             await database.dispose()
 
     app = FastAPI(

@@ -77,10 +77,43 @@ class Settings(BaseSettings):
         3, ge=1, description="Claims of one job before its source is marked `error` (a job that kills workers)."
     )
 
+    llm_base_url: str | None = Field(
+        None,
+        description=(
+            "Base URL of an OpenAI-compatible chat-completions API, e.g. http://localhost:11434/v1 (Ollama) or "
+            "http://localhost:8000/v1 (vLLM). Unset: chats are answered by the built-in extractive responder, "
+            "which quotes the best-matching passages verbatim."
+        ),
+    )
+    llm_model: str | None = Field(None, description="Model name sent to that API; required with PGPT_LLM_BASE_URL.")
+    llm_api_key: SecretStr | None = Field(None, description="Bearer key for that API, when it needs one.")
+    llm_timeout: float = Field(120.0, gt=0, le=3600, description="Seconds one LLM answer may take (504 beyond).")
+    llm_context_tokens: int = Field(
+        8192, ge=512, description="Context window of the model: the prompt and the answer must fit in it."
+    )
+    llm_max_tokens: int = Field(1024, ge=16, description="Tokens reserved for the answer, sent as `max_tokens`.")
+    chat_lock_seconds: float = Field(
+        30.0,
+        ge=1,
+        description="Expiry of a chat's busy lock, renewed while its answer is produced; a crashed process's lock "
+        "frees itself after this long.",
+    )
+
     @model_validator(mode="after")
     def _admin_pair(self) -> Settings:
         if self.admin_password is not None and not self.admin_email:
             raise ValueError("PGPT_ADMIN_PASSWORD is set but PGPT_ADMIN_EMAIL is not")
+        return self
+
+    @model_validator(mode="after")
+    def _llm_consistent(self) -> Settings:
+        if self.llm_base_url is not None:
+            if not self.llm_base_url.startswith(("http://", "https://")):
+                raise ValueError("PGPT_LLM_BASE_URL must start with http:// or https://")
+            if not self.llm_model:
+                raise ValueError("PGPT_LLM_MODEL is required when PGPT_LLM_BASE_URL is set")
+        if self.llm_max_tokens * 2 > self.llm_context_tokens:
+            raise ValueError("PGPT_LLM_MAX_TOKENS must be at most half of PGPT_LLM_CONTEXT_TOKENS")
         return self
 
     @property

@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -230,3 +232,83 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index("ix_jobs_state_run_after", "state", "run_after"),)
+
+
+class Scenario(Base):
+    """A persona for chats: prompts, sampling and retrieval settings (CONTRACT section 8)."""
+
+    __tablename__ = "scenarios"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    name: Mapped[str] = mapped_column(String(40))
+    # Case-folded name: uniqueness ignores case, as for groups.
+    name_key: Mapped[str] = mapped_column(String(160), unique=True)
+    description: Mapped[str] = mapped_column(String(128))
+    icon: Mapped[str] = mapped_column(String(64), default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # official (shipped, only `active` may change) | custom
+    type: Mapped[str] = mapped_column(String(16), default="custom")
+    # The official scenario a chat gets when it names none.
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    creativity: Mapped[int] = mapped_column(Integer)
+    k: Mapped[int] = mapped_column(Integer)
+    similarity_threshold: Mapped[float] = mapped_column(Float)
+    # vector_store | document_store | none
+    context_retriever_type: Mapped[str] = mapped_column(String(16))
+    system_pre_prompt: Mapped[str] = mapped_column(Text, default="")
+    user_pre_prompt: Mapped[str] = mapped_column(Text, default="")
+    user_post_prompt: Mapped[str] = mapped_column(Text, default="")
+    use_sparse: Mapped[bool] = mapped_column(Boolean)
+    use_dense: Mapped[bool] = mapped_column(Boolean)
+    use_reranking: Mapped[bool] = mapped_column(Boolean)
+    use_history: Mapped[bool] = mapped_column(Boolean)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Chat(Base):
+    """A conversation of one user; its language, groups, public flag and scenario are fixed at creation."""
+
+    __tablename__ = "chats"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(255))
+    language: Mapped[str] = mapped_column(String(8))
+    use_public: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Group names as the chat was created with; access to each is checked again on every question.
+    groups: Mapped[list[str]] = mapped_column(default=list)
+    # A deleted custom scenario leaves its chats on the default one.
+    scenario_id: Mapped[str | None] = mapped_column(
+        ForeignKey("scenarios.id", ondelete="SET NULL"), default=None, index=True
+    )
+    # The busy lock behind `isLocked`: held by one question (`locked_by`) until `locked_until`, which the
+    # answering process keeps pushing forward; a crashed process stops renewing and the lock lapses.
+    locked_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    locked_until: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_chats_user_id_created_at", "user_id", "created_at"),)
+
+
+class ChatMessage(Base):
+    """One answered question of a chat, with the sources cited (as shown to the client)."""
+
+    __tablename__ = "chat_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chat_id: Mapped[str] = mapped_column(ForeignKey("chats.id", ondelete="CASCADE"))
+    # 0, 1, 2, ... within the chat; unique, so two answers can never both claim the same turn.
+    position: Mapped[int] = mapped_column(Integer)
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    language: Mapped[str] = mapped_column(String(8))
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Every source whose text reached the model for this answer: its own passages and those behind the
+    # earlier turns it was shown. A turn goes back into a prompt only while all of them are visible.
+    context_source_ids: Mapped[list[str]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("chat_id", "position", name="uq_chat_messages_chat_id_position"),)

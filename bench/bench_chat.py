@@ -1,0 +1,366 @@
+"""The two chat targets of issue 5, against a real `privategpt serve` process and a fake OpenAI-compatible LLM.
+
+* `concurrency`: N users (default 50) ask at once while the LLM takes D seconds (default 2) per answer.
+  Target: all answered within 1.3 x D wall time, and `GET /groups` p99 < 100 ms meanwhile.
+* `overhead`: a zero-delay LLM, 100,000 chunks indexed; sequential questions, for a user who may see 1 %
+  of the documents and one who may see all of them. Target: p50 < 50 ms, p95 < 150 ms.
+
+    python bench/bench_chat.py concurrency --databases sqlite,postgresql
+    python bench/bench_chat.py overhead --databases sqlite,postgresql --chunks 100000
+
+The LLM is the test suite's fake server (tests/fixtures/llm_server.py), run in this process. The overhead
+corpus is built once per database under --workdir (SciFact sentences, 10 sections per source, 100 groups)
+and reused by later runs; --rebuild starts over. Prints Markdown tables; results go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import text  # noqa: E402
+from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+
+from privategpt.config import to_async_url  # noqa: E402
+from privategpt.rag import index_prepared_many, prepare_source  # noqa: E402
+from tests.fixtures.llm_server import FakeLLM  # noqa: E402
+from tests.fixtures.servers import free_port  # noqa: E402
+
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+ADMIN_EMAIL = "bench-admin@example.com"
+ADMIN_PASSWORD = "bench-admin-password"
+GROUPS = 100
+SECTIONS_PER_SOURCE = 10
+SECTION_WORDS = 180
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+# -- servers --------------------------------------------------------------------------------------
+
+
+def database_url(database: str, workdir: Path) -> str:
+    if database == "sqlite":
+        return f"sqlite:///{workdir / 'sqlite' / 'privategpt.db'}"
+    import pgserver
+
+    pg = pgserver.get_server(str(workdir / "pg"), cleanup_mode=None)
+    if "bench" not in pg.psql("SELECT datname FROM pg_database;"):
+        pg.psql('CREATE DATABASE "bench";')
+    return f"postgresql://postgres@/bench?host={workdir / 'pg'}"
+
+
+@contextmanager
+def serve(url: str, workdir: Path, llm_url: str) -> Iterator[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGPT_")}
+    env.update(
+        PGPT_DATA_DIR=str(workdir / "data"),
+        PGPT_DATABASE_URL=url,
+        PGPT_ADMIN_EMAIL=ADMIN_EMAIL,
+        PGPT_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        PGPT_LLM_BASE_URL=llm_url,
+        PGPT_LLM_MODEL="bench-model",
+        PGPT_LOG_LEVEL="warning",
+        # Only user creation during set-up hashes passwords; the measured calls authenticate by token.
+        PGPT_ARGON2_TIME_COST="1",
+        PGPT_ARGON2_MEMORY_KIB="1024",
+        PGPT_ARGON2_PARALLELISM="1",
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "privategpt.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(base + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("server did not start")
+            time.sleep(0.2)
+        yield base + "/api/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def login(api: str, email: str, password: str) -> str:
+    response = httpx.post(f"{api}/login", json={"email": email, "password": password})
+    response.raise_for_status()
+    token: str = response.json()["data"]["token"]
+    return token
+
+
+def create_user(api: str, admin: str, email: str, groups: list[str]) -> str:
+    password = "bench-user-password"
+    response = httpx.post(
+        f"{api}/users",
+        json={"name": email, "email": email, "password": password, "groups": groups},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    if response.status_code != 409:
+        response.raise_for_status()
+    return login(api, email, password)
+
+
+# -- concurrency ----------------------------------------------------------------------------------
+
+
+async def _concurrent_round(api: str, tokens: list[str], group: str) -> tuple[float, list[int], list[float]]:
+    limits = httpx.Limits(max_connections=len(tokens) + 8)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        done = asyncio.Event()
+        probes: list[float] = []
+
+        async def probe() -> None:
+            while not done.is_set():
+                started = time.perf_counter()
+                response = await client.get(f"{api}/groups", headers={"Authorization": f"Bearer {tokens[0]}"})
+                response.raise_for_status()
+                probes.append(time.perf_counter() - started)
+                await asyncio.sleep(0.02)
+
+        async def ask(token: str, i: int) -> int:
+            response = await client.post(
+                f"{api}/chats",
+                json={"question": f"What do we know about cell biology, question {i}?", "groups": [group]},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            return response.status_code
+
+        prober = asyncio.create_task(probe())
+        started = time.perf_counter()
+        statuses = await asyncio.gather(*(ask(t, i) for i, t in enumerate(tokens)))
+        wall = time.perf_counter() - started
+        done.set()
+        await prober
+    return wall, list(statuses), probes
+
+
+def concurrency(database: str, args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(args.workdir) / f"concurrency-{database}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    url = database_url(database, workdir)
+    llm = FakeLLM()
+    llm.start()
+    llm.delay = args.llm_delay
+    try:
+        with serve(url, workdir, llm.url) as api:
+            admin = login(api, ADMIN_EMAIL, ADMIN_PASSWORD)
+            headers = {"Authorization": f"Bearer {admin}"}
+            httpx.post(f"{api}/groups", json={"groupName": "bench"}, headers=headers).raise_for_status()
+            sentences = _scifact_sentences()[1]
+            for i in range(20):
+                content = " ".join(sentences[(i * 7 + j) % len(sentences)][0] for j in range(12))
+                body = {"name": f"doc {i}", "groups": ["bench"], "content": content}
+                httpx.post(f"{api}/sources", json=body, headers=headers).raise_for_status()
+            time.sleep(3)  # ingestion of 20 small sources
+            tokens = [create_user(api, admin, f"u{i}@bench.example", ["bench"]) for i in range(args.users)]
+            rounds = []
+            for _ in range(args.rounds):
+                wall, statuses, probes = asyncio.run(_concurrent_round(api, tokens, "bench"))
+                assert statuses == [200] * len(tokens), statuses
+                rounds.append((wall, percentile(probes, 99) * 1000, len(probes)))
+    finally:
+        llm.stop()
+        if database == "postgresql":
+            _stop_pg(workdir)
+    worst = max(rounds)
+    return {
+        "database": database,
+        "users": args.users,
+        "llm_delay": args.llm_delay,
+        "walls": [round(r[0], 2) for r in rounds],
+        "worst_wall": round(worst[0], 2),
+        "groups_p99_ms": round(max(r[1] for r in rounds), 1),
+        "probes": sum(r[2] for r in rounds),
+    }
+
+
+# -- overhead -------------------------------------------------------------------------------------
+
+
+def _scifact_sentences() -> tuple[list[str], list[list[str]]]:
+    titles, abstracts = [], []
+    with gzip.open(SCIFACT / "corpus.jsonl.gz", "rt", encoding="utf-8") as handle:
+        for line in handle:
+            doc = json.loads(line)
+            sentences = [s for s in re.split(r"(?<=[.!?])\s+", doc["text"]) if s.strip()]
+            if sentences:
+                titles.append(doc["title"])
+                abstracts.append(sentences)
+    return titles, abstracts
+
+
+def _documents(n_sources: int) -> list[tuple[str, str, int]]:
+    rng = random.Random(5)
+    titles, abstracts = _scifact_sentences()
+    docs = []
+    for s in range(n_sources):
+        parts = [f"# {titles[rng.randrange(len(titles))]}"]
+        for _ in range(SECTIONS_PER_SOURCE):
+            a = rng.randrange(len(abstracts))
+            body, words, i = [], 0, rng.randrange(len(abstracts[a]))
+            while words < SECTION_WORDS:
+                sentence = abstracts[a][i % len(abstracts[a])]
+                body.append(sentence)
+                words += len(sentence.split())
+                i += 1
+            parts.append(f"## {titles[a]}\n\n{' '.join(body)}")
+        docs.append((parts[0][2:], "\n\n".join(parts), s % GROUPS))
+    return docs
+
+
+async def _load_corpus(url: str, n_chunks: int) -> int:
+    """Insert groups, sources and their index rows straight into the migrated database."""
+    engine = create_async_engine(to_async_url(url))
+    now = datetime.now(UTC).replace(tzinfo=None) if url.startswith("sqlite") else datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO groups (name, name_key, created_at) VALUES (:n, :k, :t)"),
+            [{"n": f"group {g}", "k": f"group {g}", "t": now} for g in range(GROUPS)],
+        )
+        ids = {row[1]: row[0] for row in await conn.execute(text("SELECT id, name FROM groups"))}
+    docs = _documents(n_chunks // SECTIONS_PER_SOURCE)
+    total, started = 0, time.perf_counter()
+    for start in range(0, len(docs), 500):
+        batch = docs[start : start + 500]
+        source_ids = [str(uuid.uuid4()) for _ in batch]
+        prepared = [(sid, prepare_source(name, md)) for sid, (name, md, _) in zip(source_ids, batch, strict=True)]
+        total += sum(len(p.chunks) for _, p in prepared)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO sources (id, name, content, is_public, state, created_at, updated_at)"
+                    " VALUES (:id, :n, :c, FALSE, 'vectorized', :t, :t)"
+                ),
+                [{"id": sid, "n": n, "c": md, "t": now} for sid, (n, md, _) in zip(source_ids, batch, strict=True)],
+            )
+            await conn.execute(
+                text("INSERT INTO source_groups (source_id, group_id) VALUES (:s, :g)"),
+                [{"s": sid, "g": ids[f"group {g}"]} for sid, (_, _, g) in zip(source_ids, batch, strict=True)],
+            )
+            await index_prepared_many(conn, prepared)
+        print(f"\r  {total} chunks in {time.perf_counter() - started:.0f} s", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    async with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            await (await conn.execution_options(isolation_level="AUTOCOMMIT")).exec_driver_sql("VACUUM ANALYZE")
+        else:
+            await conn.exec_driver_sql("ANALYZE")
+            await conn.commit()
+    await engine.dispose()
+    return total
+
+
+def _stop_pg(workdir: Path) -> None:
+    import pgserver
+
+    pgserver.get_server(str(workdir / "pg"), cleanup_mode=None).cleanup()
+
+
+def overhead(database: str, args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(args.workdir) / f"overhead-{database}-{args.chunks}"
+    if args.rebuild:
+        shutil.rmtree(workdir, ignore_errors=True)
+    fresh = not (workdir / "ready").exists()
+    if fresh:
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+    url = database_url(database, workdir)
+    llm = FakeLLM()
+    llm.start()
+    try:
+        if fresh:
+            with serve(url, workdir, llm.url):
+                pass  # migrations applied, admin created
+            chunks = asyncio.run(_load_corpus(url, args.chunks))
+            (workdir / "ready").write_text(str(chunks))
+        chunks = int((workdir / "ready").read_text())
+        with open(SCIFACT / "queries.test.jsonl", encoding="utf-8") as handle:
+            queries = [json.loads(line)["text"] for line in handle if line.strip()][: args.questions]
+        results: dict[str, Any] = {"database": database, "chunks": chunks}
+        with serve(url, workdir, llm.url) as api:
+            admin = login(api, ADMIN_EMAIL, ADMIN_PASSWORD)
+            scopes = {"1 %": ["group 0"], "100 %": [f"group {g}" for g in range(GROUPS)]}
+            for label, groups in scopes.items():
+                token = create_user(api, admin, f"scope-{label[:-2].strip()}@bench.example", groups)
+                body_groups = groups
+                with httpx.Client(timeout=60) as client:
+                    headers = {"Authorization": f"Bearer {token}"}
+                    for query in queries[:10]:  # warm-up
+                        client.post(f"{api}/chats", json={"question": query, "groups": body_groups}, headers=headers)
+                    latencies, cited = [], 0
+                    for query in queries:
+                        started = time.perf_counter()
+                        response = client.post(
+                            f"{api}/chats", json={"question": query, "groups": body_groups}, headers=headers
+                        )
+                        latencies.append(time.perf_counter() - started)
+                        response.raise_for_status()
+                        cited += len(response.json()["data"]["sources"])
+                results[label] = {
+                    "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+                    "p95_ms": round(percentile(latencies, 95) * 1000, 1),
+                    "mean_ms": round(statistics.mean(latencies) * 1000, 1),
+                    "sources_per_answer": round(cited / len(queries), 2),
+                }
+    finally:
+        llm.stop()
+        if database == "postgresql":
+            _stop_pg(workdir)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", choices=["concurrency", "overhead"])
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--workdir", default="/tmp/pgpt-bench-chat")
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--llm-delay", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--questions", type=int, default=300)
+    parser.add_argument("--rebuild", action="store_true")
+    args = parser.parse_args()
+    for database in [d.strip() for d in args.databases.split(",") if d.strip()]:
+        result = concurrency(database, args) if args.target == "concurrency" else overhead(database, args)
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

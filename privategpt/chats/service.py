@@ -1,0 +1,554 @@
+"""Chats: the question-answering pipeline, and reading, listing and deleting a caller's chats.
+
+`ask` is the whole pipeline, top to bottom:
+
+1. the chat: a new one's settings, or the caller's own existing chat (anyone else's is a 404);
+2. access, checked again on every question: every group of the chat must still be one of the caller's
+   and `usePublic` must still be allowed (403), and the resulting scope is what retrieval searches;
+3. the busy lock of an existing chat, held in the database (409 while another question runs);
+4. history (only when the scenario uses it) and retrieval (only with a scope and a store retriever),
+   read in a short transaction: no database connection is held while the model thinks;
+5. the prompt, fitted into the context budget;
+6. the language model, whole or streamed;
+7. the question, its answer and the cited sources saved in one transaction that also releases the lock.
+
+A failure anywhere after step 3 (LLM error or timeout, a client that disconnects from a stream)
+releases the lock and saves nothing, so the chat's history is exactly as before the question.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import cast
+
+import anyio
+from sqlalchemy import ColumnElement, CursorResult, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from privategpt import access
+from privategpt.auth.principal import Principal
+from privategpt.chats.prompt import Candidate, Turn, build_prompt
+from privategpt.chats.schemas import ChatAnswer, ChatMessageOut, ChatOut, ChatSummary, SourceRef
+from privategpt.config import Settings
+from privategpt.db import Database
+from privategpt.errors import Conflict, NotFound
+from privategpt.llm import LanguageModel, Prompt, sampling_for
+from privategpt.models import Chat, ChatMessage, Scenario, Source, SourceGroup, new_uuid, utcnow
+from privategpt.rag import RetrievalScope, ScoredChunk, retrieve
+from privategpt.rag.retrieval import RetrievalMode
+from privategpt.scenarios import service as scenarios
+
+logger = logging.getLogger(__name__)
+
+NOT_FOUND = "Chat not found."
+BUSY = "This chat is still answering another question; ask again when it is done."
+TITLE_MAX = 100
+EXCERPT_CHARS = 300
+# `document_store`: chunks ranked to find the best `k` documents.
+_DOCUMENT_CANDIDATE_CHUNKS = 100
+
+
+# -- the pipeline ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question: to a new chat (with its settings) or to an existing one (`chat_id`)."""
+
+    text: str
+    chat_id: str | None = None
+    language: str | None = None
+    groups: Sequence[str] = ()
+    use_public: bool = False
+    scenario_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    """The question was accepted and the model is about to answer (streaming only)."""
+
+    chat_id: str
+
+
+@dataclass(frozen=True)
+class AnswerPiece:
+    """A piece of the answer as the model produces it (streaming only)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The saved answer: the same data the JSON call returns."""
+
+    result: ChatAnswer
+
+
+ChatEvent = Started | AnswerPiece | Answered
+
+
+@dataclass(frozen=True)
+class _ChatSettings:
+    id: str
+    is_new: bool
+    language: str
+    groups: list[str]
+    use_public: bool
+    scenario_id: str | None
+
+
+async def ask(
+    database: Database,
+    settings: Settings,
+    llm: LanguageModel,
+    caller: Principal,
+    question: Question,
+    *,
+    stream: bool,
+) -> AsyncGenerator[ChatEvent]:
+    """Answer a question; when streaming, yields `Started` and the answer's pieces; always ends with `Answered`."""
+    # 1. The chat and its scenario.
+    async with database.session(write=False) as session:
+        if question.chat_id is None:
+            chat = _new_chat_settings(caller, question)
+            scenario = await scenarios.scenario_for_new_chat(session, question.scenario_id)
+        else:
+            chat = await _own_chat_settings(session, caller, question.chat_id)
+            scenario = await scenarios.scenario_of_chat(session, chat.scenario_id)
+
+    # 2. Access, again on every question.
+    scope = access.retrieval_scope(caller, chat.groups, chat.use_public)
+    searched = not scope.is_empty and scenario.context_retriever_type != "none"
+
+    # 3. The busy lock; a new chat is unknown to everyone until it is saved, so it needs none.
+    lock = None if chat.is_new else await ChatLock.acquire(database, chat.id, caller.user.id, settings)
+    saved = False
+    try:
+        # 4. History and passages.
+        async with database.session(write=False) as session:
+            history = await _history(session, caller, chat.id) if scenario.use_history and not chat.is_new else []
+            candidates = await _retrieve(session, settings, scenario, scope, question.text) if searched else []
+
+        # 5. The prompt (in a thread: whole documents can make it a few milliseconds of CPU).
+        prompt = await asyncio.to_thread(
+            build_prompt,
+            system_pre_prompt=scenario.system_pre_prompt,
+            user_pre_prompt=scenario.user_pre_prompt,
+            user_post_prompt=scenario.user_post_prompt,
+            language=chat.language,
+            question=question.text,
+            searched=searched,
+            candidates=candidates,
+            history=history,
+            budget_tokens=settings.llm_context_tokens - settings.llm_max_tokens,
+        )
+
+        # 6. The language model.
+        sampling = sampling_for(scenario.creativity)
+        if stream:
+            yield Started(chat.id)
+            pieces: list[str] = []
+            async for piece in llm.stream(prompt, sampling):
+                pieces.append(piece)
+                yield AnswerPiece(piece)
+            answer = "".join(pieces)
+        else:
+            answer = await llm.complete(prompt, sampling)
+
+        # 7. Saved, with the lock released, in one transaction.
+        result = await _save(database, caller, chat, scenario, lock, question.text, answer, prompt, history)
+        saved = True
+    finally:
+        if lock is not None:
+            # Also runs when a streaming client disconnects and the answer is cancelled mid-way.
+            with anyio.CancelScope(shield=True):
+                await lock.close(released=saved)
+    yield Answered(result)
+
+
+def _new_chat_settings(caller: Principal, question: Question) -> _ChatSettings:
+    # The names as the groups spell them; unknown ones are left for the access check to refuse.
+    own = {m.group.name_key: m.group.name for m in caller.user.memberships}
+    groups = list(dict.fromkeys(own.get(g.strip().casefold(), g) for g in question.groups))
+    return _ChatSettings(
+        id=new_uuid(),
+        is_new=True,
+        language=question.language or caller.user.language,
+        groups=groups,
+        use_public=question.use_public,
+        scenario_id=question.scenario_id,
+    )
+
+
+async def _own_chat_settings(session: AsyncSession, caller: Principal, chat_id: str) -> _ChatSettings:
+    chat = await _own_chat(session, caller, chat_id)
+    return _ChatSettings(
+        id=chat.id,
+        is_new=False,
+        language=chat.language,
+        groups=list(chat.groups),
+        use_public=chat.use_public,
+        scenario_id=chat.scenario_id,
+    )
+
+
+async def _history(session: AsyncSession, caller: Principal, chat_id: str) -> list[Turn]:
+    """Earlier turns, oldest first, leaving out any produced from a source the caller can no longer see.
+
+    A turn's answer may quote its passages and, through history, the turns before it; so what decides
+    is every source behind it (`context_source_ids`), not only the ones it cited.
+    """
+    messages = list(
+        await session.scalars(select(ChatMessage).where(ChatMessage.chat_id == chat_id).order_by(ChatMessage.position))
+    )
+    visible = await _visible_source_ids(session, caller, {i for m in messages for i in m.context_source_ids})
+    return [
+        Turn(m.question, m.answer, frozenset(m.context_source_ids))
+        for m in messages
+        if visible.issuperset(m.context_source_ids)
+    ]
+
+
+def _retrieval_mode(scenario: Scenario) -> RetrievalMode:
+    """The retrieval core's mode for a scenario's flags.
+
+    INTEGRATION POINT (hybrid retrieval, issue 6): the core offers BM25 (`sparse`) only so far, so every
+    scenario retrieves with BM25 whatever its `use_dense`/`use_reranking` say; map the flags to the
+    dense, hybrid and reranking modes here once the core has them.
+    """
+    return "sparse"
+
+
+async def _retrieve(
+    session: AsyncSession, settings: Settings, scenario: Scenario, scope: RetrievalScope, query: str
+) -> list[Candidate]:
+    """Passages from the documents in scope: chunks, or whole documents for `document_store`."""
+    conn = await session.connection()
+    if scenario.context_retriever_type != "document_store":
+        chunks = await retrieve(
+            conn, query, scope, scenario.k, scenario.similarity_threshold, _retrieval_mode(scenario)
+        )
+        return [Candidate(c.source_id, c.source_name, c.text, c.score) for c in chunks]
+    # Whole documents: rank documents by their best chunk, then give the k best in full.
+    chunks = await retrieve(
+        conn, query, scope, _DOCUMENT_CANDIDATE_CHUNKS, scenario.similarity_threshold, _retrieval_mode(scenario)
+    )
+    best: dict[str, ScoredChunk] = {}
+    for chunk in chunks:
+        best.setdefault(chunk.source_id, chunk)
+    ranked = list(best.values())[: scenario.k]
+    # No character is estimated below a quarter token: more than this could never fit the prompt.
+    max_chars = 4 * settings.llm_context_tokens
+    contents = await _documents_in_scope(session, scope, [c.source_id for c in ranked], max_chars)
+    return [
+        Candidate(c.source_id, contents[c.source_id][0], contents[c.source_id][1], c.score)
+        for c in ranked
+        if c.source_id in contents
+    ]
+
+
+async def _documents_in_scope(
+    session: AsyncSession, scope: RetrievalScope, ids: list[str], max_chars: int
+) -> dict[str, tuple[str, str]]:
+    """Name and content (its first `max_chars`) of these sources, read again under the scope.
+
+    Reading them again means a move or delete since retrieval applies at once.
+
+    INTEGRATION POINT: the same visibility rule as the retrieval core's (searchable state, public with
+    `include_public`, or linked to a group of the scope), written here because the core exposes no
+    whole-document read yet; move it there when it does.
+    """
+    if not ids:
+        return {}
+    in_scope: list[ColumnElement[bool]] = []
+    if scope.include_public:
+        in_scope.append(Source.is_public.is_(True))
+    if scope.group_ids:
+        in_scope.append(
+            select(SourceGroup.source_id)
+            .where(SourceGroup.source_id == Source.id, SourceGroup.group_id.in_(sorted(scope.group_ids)))
+            .exists()
+        )
+    if not in_scope:
+        return {}
+    rows = await session.execute(
+        select(Source.id, Source.name, func.substr(Source.content, 1, max_chars).label("content")).where(
+            Source.id.in_(ids), Source.state == "vectorized", or_(*in_scope)
+        )
+    )
+    return {row.id: (row.name, row.content) for row in rows}
+
+
+def _excerpt(text: str) -> str:
+    """The start of a passage, cut at a word boundary (verbatim, no ellipsis added)."""
+    if len(text) <= EXCERPT_CHARS:
+        return text
+    cut = text[:EXCERPT_CHARS]
+    space = cut.rfind(" ")
+    return cut[:space] if space > EXCERPT_CHARS // 2 else cut
+
+
+def cited_sources(prompt: Prompt) -> list[SourceRef]:
+    """One entry per numbered source of the prompt, in number order, with its best passage."""
+    refs: dict[int, SourceRef] = {}
+    for passage in prompt.passages:
+        if passage.number not in refs:
+            refs[passage.number] = SourceRef(
+                sourceId=passage.source_id,
+                name=passage.source_name,
+                page=0,
+                score=round(passage.score, 4),
+                excerpt=_excerpt(passage.text),
+            )
+    return [refs[n] for n in sorted(refs)]
+
+
+def title_of(question: str) -> str:
+    """A chat's title: its first question on one line, shortened."""
+    line = " ".join(question.split())
+    return line if len(line) <= TITLE_MAX else line[: TITLE_MAX - 1].rstrip() + "…"
+
+
+async def _save(
+    database: Database,
+    caller: Principal,
+    chat: _ChatSettings,
+    scenario: Scenario,
+    lock: ChatLock | None,
+    question: str,
+    answer: str,
+    prompt: Prompt,
+    history: Sequence[Turn],
+) -> ChatAnswer:
+    sources = cited_sources(prompt)
+    context = {p.source_id for p in prompt.passages}.union(*(t.context_source_ids for t in history))
+    now = utcnow()
+    async with database.session() as session:
+        if chat.is_new:
+            session.add(
+                Chat(
+                    id=chat.id,
+                    user_id=caller.user.id,
+                    title=title_of(question),
+                    language=chat.language,
+                    use_public=chat.use_public,
+                    groups=chat.groups,
+                    scenario_id=scenario.id,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            await session.flush()
+            position = 0
+        else:
+            assert lock is not None
+            await lock.release_in(session, now)
+            last = await session.scalar(select(func.max(ChatMessage.position)).where(ChatMessage.chat_id == chat.id))
+            position = 0 if last is None else last + 1
+        session.add(
+            ChatMessage(
+                chat_id=chat.id,
+                position=position,
+                question=question,
+                answer=answer,
+                language=chat.language,
+                sources=[s.model_dump() for s in sources],
+                context_source_ids=sorted(context),
+                created_at=now,
+            )
+        )
+    return ChatAnswer(chatId=chat.id, answer=answer, sources=sources)
+
+
+# -- the busy lock --------------------------------------------------------------------------------
+
+
+@dataclass
+class ChatLock:
+    """A chat's busy lock: a row-level lease in the database, so it holds across server processes.
+
+    `locked_until` is pushed forward every third of the lease while the answer is produced; a process
+    that dies stops pushing, and the lock lapses at most `chat_lock_seconds` later.
+    """
+
+    database: Database
+    chat_id: str
+    owner: str
+    lease: timedelta
+    _closing: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _renewer: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @classmethod
+    async def acquire(cls, database: Database, chat_id: str, user_id: int, settings: Settings) -> ChatLock:
+        """Take the lock of the caller's chat, or raise 409 while another question holds it."""
+        lock = cls(database, chat_id, secrets.token_hex(16), timedelta(seconds=settings.chat_lock_seconds))
+        now = utcnow()
+        async with database.session() as session:
+            result = await session.execute(
+                update(Chat)
+                .where(
+                    Chat.id == chat_id,
+                    Chat.user_id == user_id,
+                    or_(Chat.locked_until.is_(None), Chat.locked_until < now),
+                )
+                .values(locked_by=lock.owner, locked_until=now + lock.lease)
+                .execution_options(synchronize_session=False)
+            )
+            taken = cast(CursorResult[object], result).rowcount == 1
+            if not taken and await session.scalar(select(Chat.id).where(Chat.id == chat_id)) is None:
+                raise NotFound(NOT_FOUND)  # deleted since it was read
+        if not taken:
+            raise Conflict(BUSY)
+        lock._renewer = asyncio.create_task(lock._renew_until_closed())
+        return lock
+
+    async def _renew_until_closed(self) -> None:
+        period = self.lease.total_seconds() / 3
+        while True:
+            # Woken by `close` rather than cancelled, so a renewal is never cut off half-way.
+            try:
+                await asyncio.wait_for(self._closing.wait(), period)
+                return
+            except TimeoutError:
+                pass
+            try:
+                async with self.database.session() as session:
+                    await session.execute(
+                        update(Chat)
+                        .where(Chat.id == self.chat_id, Chat.locked_by == self.owner)
+                        .values(locked_until=utcnow() + self.lease)
+                        .execution_options(synchronize_session=False)
+                    )
+            except Exception:
+                # A missed renewal only shortens the lease; the next one may well succeed.
+                logger.warning("Could not renew the lock of chat %s", self.chat_id, exc_info=True)
+
+    async def release_in(self, session: AsyncSession, now: object) -> None:
+        """Release the lock inside the saving transaction; 404/409 if the chat went or the lock was lost."""
+        result = await session.execute(
+            update(Chat)
+            .where(Chat.id == self.chat_id, Chat.locked_by == self.owner)
+            .values(locked_by=None, locked_until=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if cast(CursorResult[object], result).rowcount != 1:
+            exists = await session.scalar(select(Chat.id).where(Chat.id == self.chat_id))
+            if exists is None:
+                raise NotFound("The chat was deleted while the answer was being produced.")
+            raise Conflict("The chat's lock lapsed while the answer was being produced; please ask again.")
+
+    async def close(self, *, released: bool) -> None:
+        """Stop renewing; release the lock unless the saving transaction already did."""
+        self._closing.set()
+        if self._renewer is not None:
+            await self._renewer
+        if released:
+            return
+        try:
+            async with self.database.session() as session:
+                await session.execute(
+                    update(Chat)
+                    .where(Chat.id == self.chat_id, Chat.locked_by == self.owner)
+                    .values(locked_by=None, locked_until=None)
+                    .execution_options(synchronize_session=False)
+                )
+        except Exception:
+            # The lease runs out by itself; the chat is busy a little longer, never for good.
+            logger.warning("Could not release the lock of chat %s", self.chat_id, exc_info=True)
+
+
+# -- reading, listing, deleting -------------------------------------------------------------------
+
+
+async def _own_chat(session: AsyncSession, caller: Principal, chat_id: str) -> Chat:
+    """The caller's chat; another user's chat and a missing one are the same 404."""
+    chat = await session.scalar(select(Chat).where(Chat.id == chat_id, Chat.user_id == caller.user.id))
+    if chat is None:
+        raise NotFound(NOT_FOUND)
+    return chat
+
+
+async def _visible_source_ids(session: AsyncSession, caller: Principal, ids: set[str]) -> set[str]:
+    if not ids:
+        return set()
+    rows = await session.scalars(
+        select(Source.id).where(Source.id.in_(sorted(ids)), access.visible_sources_clause(caller))
+    )
+    return set(rows)
+
+
+def _is_locked(chat: Chat) -> bool:
+    return chat.locked_until is not None and chat.locked_until > utcnow()
+
+
+def _summary(chat: Chat) -> ChatSummary:
+    return ChatSummary(
+        chatId=chat.id,
+        title=chat.title,
+        language=chat.language,
+        usePublic=chat.use_public,
+        groups=list(chat.groups),
+        scenarioId=chat.scenario_id,
+        isLocked=_is_locked(chat),
+        createdAt=chat.created_at,
+        updatedAt=chat.updated_at,
+    )
+
+
+async def get_chat(session: AsyncSession, caller: Principal, chat_id: str) -> ChatOut:
+    """A chat with its messages; cited sources the caller can no longer see are left out of them."""
+    chat = await _own_chat(session, caller, chat_id)
+    messages = list(
+        await session.scalars(select(ChatMessage).where(ChatMessage.chat_id == chat.id).order_by(ChatMessage.position))
+    )
+    visible = await _visible_source_ids(session, caller, {s["sourceId"] for m in messages for s in m.sources})
+    return ChatOut(
+        **_summary(chat).model_dump(),
+        messages=[
+            ChatMessageOut(
+                question=m.question,
+                answer=m.answer,
+                language=m.language,
+                sources=[SourceRef(**s) for s in m.sources if s["sourceId"] in visible],
+                createdAt=m.created_at,
+            )
+            for m in messages
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class ChatListing:
+    chats: list[ChatSummary]
+    total: int
+
+
+async def list_chats(session: AsyncSession, caller: Principal, *, page: int, per_page: int) -> ChatListing:
+    """The caller's chats, newest first."""
+    mine = Chat.user_id == caller.user.id
+    total = await session.scalar(select(func.count()).select_from(Chat).where(mine)) or 0
+    rows = await session.scalars(
+        select(Chat)
+        .where(mine)
+        .order_by(Chat.created_at.desc(), Chat.id.desc())
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    )
+    return ChatListing(chats=[_summary(c) for c in rows], total=total)
+
+
+async def delete_chat(session: AsyncSession, caller: Principal, chat_id: str) -> None:
+    """Delete one of the caller's chats with its messages (an answer in progress is then not saved)."""
+    chat = await _own_chat(session, caller, chat_id)
+    await session.execute(delete(Chat).where(Chat.id == chat.id))
+
+
+async def flush_chats(session: AsyncSession, caller: Principal) -> int:
+    """Delete all of the caller's chats; returns how many."""
+    result = await session.execute(delete(Chat).where(Chat.user_id == caller.user.id))
+    return cast(CursorResult[object], result).rowcount

@@ -17,7 +17,7 @@ from privategpt.bootstrap import ensure_admin
 from privategpt.config import Settings, load_settings
 from privategpt.context import AppContext
 from privategpt.db import Database
-from privategpt.errors import envelope, install_error_handlers
+from privategpt.errors import UnexpectedErrorMiddleware, envelope, install_error_handlers
 from privategpt.llm import build_language_model
 from privategpt.middleware import BodyMiddleware
 from privategpt.migrate import upgrade_database
@@ -66,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodyMiddleware, max_bytes=settings.max_body_bytes)
+    # Added last, so it wraps every other middleware of ours.
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.include_router(api_router)
 
     @app.get("/health", response_model=Envelope[HealthOut], tags=["health"], summary="Ready when 200")

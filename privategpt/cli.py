@@ -9,11 +9,14 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
+
 from privategpt.auth.passwords import Passwords
 from privategpt.config import Settings, SettingsError, load_settings
 from privategpt.context import AppContext
 from privategpt.db import Database
-from privategpt.errors import AppError
+from privategpt.errors import AppError, validation_errors
 from privategpt.migrate import upgrade_database
 from privategpt.schemas import ROLES
 from privategpt.users import service as users
@@ -34,7 +37,16 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level, access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        access_log=False,
+        # uvicorn would otherwise believe X-Forwarded-For from any local peer, letting a client pick the
+        # address that login throttling counts; PGPT_TRUST_FORWARDED_FOR is the one switch for that.
+        proxy_headers=settings.trust_forwarded_for,
+    )
     return 0
 
 
@@ -172,7 +184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AppError as exc:
         print(f"privategpt: {exc.message}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # pydantic validation of CLI input
+    except ValidationError as exc:
+        # The API's messages, one per field; pydantic's own text would echo the input, a password included.
+        _, errors = validation_errors(exc.errors())
+        for field, messages in errors.items():
+            for message in messages:
+                print(f"privategpt: {field}: {message}", file=sys.stderr)
+        return 1
+    except (OSError, DBAPIError) as exc:
+        # An unreachable or misconfigured database is an operator's problem to fix, not a crash to debug.
+        reason = exc.orig if isinstance(exc, DBAPIError) else exc
+        print(f"privategpt: cannot use the database: {type(reason).__name__}: {reason}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
         print(f"privategpt: {exc}", file=sys.stderr)
         return 1
 

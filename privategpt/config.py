@@ -6,14 +6,41 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from privategpt.users.schemas import check_email
 
 ENV_PREFIX = "PGPT_"
 
 
 class SettingsError(Exception):
     """The configuration is unusable; the message says which setting and why."""
+
+
+class _DotEnvSource(PydanticBaseSettingsSource):
+    """The `.env` file, read like the environment: its `PGPT_*` lines are settings, the rest is not ours.
+
+    pydantic-settings' own dotenv source hands every line of the file to the model, so with unknown settings
+    forbidden a `.env` shared with another tool (docker compose, say) would stop the server.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        env_file = self.config.get("env_file")
+        if not isinstance(env_file, str | Path) or not Path(env_file).is_file():
+            return {}
+        values = dotenv_values(env_file, encoding=self.config.get("env_file_encoding") or "utf-8")
+        # An unknown PGPT_ name stays in, under its field-style name, so the model rejects it as unknown.
+        return {
+            name[len(ENV_PREFIX) :].lower(): value
+            for name, value in values.items()
+            if name.upper().startswith(ENV_PREFIX) and value is not None
+        }
 
 
 class Settings(BaseSettings):
@@ -66,7 +93,13 @@ class Settings(BaseSettings):
         True,
         description="Run the ingestion worker inside the server process; turn off when `privategpt worker` runs.",
     )
-    worker_concurrency: int = Field(2, ge=1, le=64, description="Ingestion jobs one worker process runs at once.")
+    worker_concurrency: int = Field(2, ge=1, le=64, description="Batches of jobs one worker process runs at once.")
+    worker_batch_size: int = Field(
+        32,
+        ge=1,
+        le=1000,
+        description="Jobs claimed and indexed together in one transaction (fewer, larger writes).",
+    )
     worker_lease_seconds: float = Field(
         30.0, gt=0, description="A job whose worker stops heartbeating for this long is retried by another."
     )
@@ -98,6 +131,24 @@ class Settings(BaseSettings):
         description="Expiry of a chat's busy lock, renewed while its answer is produced; a crashed process's lock "
         "frees itself after this long.",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The usual precedence: explicit values, then the environment, then the .env file.
+        return init_settings, env_settings, _DotEnvSource(settings_cls)
+
+    @field_validator("admin_email")
+    @classmethod
+    def _admin_email_valid(cls, value: str | None) -> str | None:
+        # Checked here, not at first start, so a typo stops the start with a message instead of a traceback.
+        return None if value is None else check_email(value)
 
     @model_validator(mode="after")
     def _admin_pair(self) -> Settings:
@@ -161,6 +212,6 @@ def load_settings(**overrides: Any) -> Settings:
             if err["type"] == "extra_forbidden":
                 lines.append(f"{name}: unknown setting")
             else:
-                lines.append(f"{name}: {err['msg']}")
+                lines.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
         raise SettingsError("Invalid settings:\n  " + "\n  ".join(lines)) from None
     return settings

@@ -10,6 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,8 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_INVALID_JSON = "The request body is not valid JSON."
+
 _STATUS_MESSAGES = {
     404: "Not found.",
     405: "Method not allowed.",
@@ -107,7 +111,7 @@ def _humanise(error: dict[str, Any]) -> tuple[str, str]:
     field = _field_name(error.get("loc", ()))
     kind = error.get("type", "")
     if kind == "json_invalid":
-        return "body", "The request body is not valid JSON."
+        return "body", _INVALID_JSON
     if field == "body" and kind == "missing":
         return "body", "The request body is required."
     if kind == "missing":
@@ -131,6 +135,15 @@ def validation_errors(raw_errors: Sequence[Any]) -> tuple[str, dict[str, list[st
     return first, errors
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    # Read from the OpenAPI document, the public list of every route (FastAPI nests included routers).
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        if compile_path(template)[0].match(request.url.path):
+            methods.update(method.upper() for method in operations)
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error, including the unexpected ones, in the envelope and never with internals."""
 
@@ -145,10 +158,50 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's only 400 here is a body its JSON parser gave up on (e.g. nested too deeply); the
+            # contract files every unreadable body under 422.
+            return error_response(422, _INVALID_JSON, {"body": [_INVALID_JSON]})
         message = _STATUS_MESSAGES.get(exc.status_code, "The request could not be processed.")
-        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names only the first route's methods; one path here has a route per method.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(exc.status_code, message, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("Unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "Internal server error.")
+
+
+class UnexpectedErrorMiddleware:
+    """Answer an unexpected exception with the 500 envelope and keep the connection usable.
+
+    Starlette's outermost error middleware re-raises after sending its 500, and uvicorn then closes the
+    keep-alive connection, so a client's next request on it fails with a reset. Catching here, once the
+    traceback is logged for the operator, ends the matter with the response.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:
+                raise  # half a response is out; only the server can end it now
+            logger.exception("Unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            await error_response(500, "Internal server error.")(scope, receive, send)

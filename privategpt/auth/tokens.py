@@ -8,6 +8,9 @@ import secrets
 from dataclasses import dataclass
 
 TOKEN_RANDOM_BYTES = 36
+# Token ids are INTEGER columns; a larger id can name no token, and PostgreSQL would reject it as a
+# query parameter with an error rather than find nothing.
+MAX_TOKEN_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,12 @@ def format_token(token_id: int, secret: str) -> str:
 
 def parse_token(raw: str) -> PresentedToken | None:
     token_id, sep, secret = raw.strip().partition("|")
-    if not sep or not token_id.isdigit() or not secret or len(token_id) > 18:
+    if not sep or not token_id.isascii() or not token_id.isdigit() or not secret or len(token_id) > 10:
         return None
-    return PresentedToken(int(token_id), secret)
+    number = int(token_id)
+    if not 0 < number <= MAX_TOKEN_ID:
+        return None
+    return PresentedToken(number, secret)
 
 
 def bearer_from_headers(authorization: str | None, authentication: str | None) -> str | None:

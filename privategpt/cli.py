@@ -30,6 +30,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     host = args.host or settings.host
     port = args.port or settings.port
+    # Migrate here first (the app's start-up then finds nothing to do): an unreachable or wrong database is
+    # then reported by main() in one line, instead of inside uvicorn as a lifespan traceback.
+    asyncio.run(_upgrade(settings))
     print(
         f"PrivateGPT API on http://{host}:{port}/api/v1  (docs: http://{host}:{port}/docs)\n"
         f"Log in: curl -X POST http://{host}:{port}/api/v1/login "
@@ -110,17 +113,18 @@ def _users_command(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_with_context(settings, actions[args.users_command]))
 
 
-def _db_command(settings: Settings, args: argparse.Namespace) -> int:
-    async def upgrade() -> int:
-        database = Database(settings)
-        try:
-            await upgrade_database(database.engine)
-        finally:
-            await database.dispose()
-        print("database is up to date")
-        return 0
+async def _upgrade(settings: Settings) -> None:
+    database = Database(settings)
+    try:
+        await upgrade_database(database.engine)
+    finally:
+        await database.dispose()
 
-    return asyncio.run(upgrade())
+
+def _db_command(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(_upgrade(settings))
+    print("database is up to date")
+    return 0
 
 
 def _worker_command(settings: Settings, args: argparse.Namespace) -> int:

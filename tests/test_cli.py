@@ -258,9 +258,10 @@ def test_invalid_settings_stop_every_command_with_a_readable_message(sqlite_oper
 
 def test_an_unreachable_database_is_reported_not_dumped(sqlite_operator: Operator, tmp_path: Path) -> None:
     missing = f"postgresql://postgres@/nodb?host={tmp_path / 'no-such-socket-dir'}"
-    stderr = sqlite_operator.fails("users", "list", PGPT_DATABASE_URL=missing)
-    assert stderr.startswith("privategpt: cannot use the database: ")
-    assert stderr.count("\n") == 1
+    for command in (["users", "list"], ["serve", "--port", str(free_port())]):
+        stderr = sqlite_operator.fails(*command, PGPT_DATABASE_URL=missing)
+        assert stderr.startswith("privategpt: cannot use the database: "), command
+        assert stderr.count("\n") == 1, stderr
 
 
 # --- serve and the first administrator ---------------------------------------------------------------------

@@ -31,14 +31,18 @@ async def authenticate(
     if presented is None:
         raise Unauthenticated()
     row = (
-        await session.execute(
-            select(ApiToken, User)
-            .join(User, User.id == ApiToken.user_id)
-            .where(ApiToken.id == presented.token_id, User.is_active.is_(True))
-            # Every request authenticates: one round trip for the user, roles and groups instead of three.
-            .options(joinedload(User.roles), joinedload(User.memberships).joinedload(GroupMember.group))
+        (
+            await session.execute(
+                select(ApiToken, User)
+                .join(User, User.id == ApiToken.user_id)
+                .where(ApiToken.id == presented.token_id, User.is_active.is_(True))
+                # Every request authenticates: one round trip for the user, roles and groups instead of three.
+                .options(joinedload(User.roles), joinedload(User.memberships).joinedload(GroupMember.group))
+            )
         )
-    ).unique().one_or_none()
+        .unique()
+        .one_or_none()
+    )
     if row is None:
         raise Unauthenticated()
     token, user = row

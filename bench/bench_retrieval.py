@@ -1,0 +1,255 @@
+"""Retrieval latency at 100,000 chunks on SQLite and PostgreSQL, for a narrow and a wide access scope.
+
+Corpus: Markdown sources assembled from SciFact abstracts (one `##` section of ~180 words per chunk,
+sentences taken in order from random abstracts), 10 chunks per source, each source in one of 100 groups.
+Queries: the 300 SciFact test claims. Scopes: one group (1 % of the sources), ten groups (10 %), and
+every group plus public sources (everything).
+
+    python bench/bench_retrieval.py                       # both databases, 100,000 chunks
+    python bench/bench_retrieval.py --backends sqlite --chunks 20000
+
+Databases are built once under --workdir and reused by later runs (--rebuild to start over). The load
+runs in a child process so the reported RSS is that of a process that only searches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import multiprocessing
+import os
+import random
+import re
+import resource
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from privategpt.rag.retrieval import Bm25Params, RetrievalScope, index_prepared_many, prepare_source, retrieve
+from privategpt.rag.schema import ddl_for, standalone_host_ddl
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
+CHUNKS_PER_SOURCE = 10
+GROUPS = 100
+SECTION_WORDS = 180
+
+
+def _sentences() -> tuple[list[str], list[list[str]]]:
+    titles, abstracts = [], []
+    with gzip.open(DATA / "corpus.jsonl.gz", "rt", encoding="utf-8") as handle:
+        for line in handle:
+            doc = json.loads(line)
+            sentences = [s for s in re.split(r"(?<=[.!?])\s+", doc["text"]) if s.strip()]
+            if sentences:
+                titles.append(doc["title"])
+                abstracts.append(sentences)
+    return titles, abstracts
+
+
+def _documents(n_sources: int, seed: int = 42) -> list[tuple[str, str, int]]:
+    """(name, markdown, group) for each source."""
+    rng = random.Random(seed)
+    titles, abstracts = _sentences()
+    docs = []
+    for s in range(n_sources):
+        title = titles[rng.randrange(len(titles))]
+        parts = [f"# {title}"]
+        for _ in range(CHUNKS_PER_SOURCE):
+            a = rng.randrange(len(abstracts))
+            heading = titles[a]
+            body: list[str] = []
+            words = 0
+            i = rng.randrange(len(abstracts[a]))
+            while words < SECTION_WORDS:
+                sentence = abstracts[a][i % len(abstracts[a])]
+                body.append(sentence)
+                words += len(sentence.split())
+                i += 1
+                if i % len(abstracts[a]) == 0:
+                    a = rng.randrange(len(abstracts))
+            parts.append(f"## {heading}\n\n{' '.join(body)}")
+        docs.append((title[:255], "\n\n".join(parts), s % GROUPS))
+    return docs
+
+
+async def _build(url: str, n_chunks: int) -> None:
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        dialect = conn.dialect.name
+        for statement in [*standalone_host_ddl(dialect), *ddl_for(dialect)]:
+            await conn.exec_driver_sql(statement)
+        await conn.execute(
+            text("INSERT INTO groups (id, name) VALUES (:id, :name)"),
+            [{"id": g, "name": f"group {g}"} for g in range(GROUPS)],
+        )
+    docs = _documents(n_chunks // CHUNKS_PER_SOURCE)
+    started = time.perf_counter()
+    total = 0
+    for start in range(0, len(docs), 500):
+        batch = docs[start : start + 500]
+        ids = [str(uuid.UUID(int=start + i)) for i in range(len(batch))]
+        prepared = [(sid, prepare_source(name, md)) for sid, (name, md, _) in zip(ids, batch, strict=True)]
+        total += sum(len(p.chunks) for _, p in prepared)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO sources (id, name, content, is_public, state) "
+                    "VALUES (:id, :n, :c, FALSE, 'vectorized')"
+                ),
+                [{"id": sid, "n": name, "c": md} for sid, (name, md, _) in zip(ids, batch, strict=True)],
+            )
+            await conn.execute(
+                text("INSERT INTO source_groups (source_id, group_id) VALUES (:s, :g)"),
+                [{"s": sid, "g": g} for sid, (_, _, g) in zip(ids, batch, strict=True)],
+            )
+            await index_prepared_many(conn, prepared)
+        print(f"\r  {total} chunks, {time.perf_counter() - started:.0f} s", end="", file=sys.stderr)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("ANALYZE")
+    if dialect == "postgresql":
+        async with engine.connect() as conn:
+            await (await conn.execution_options(isolation_level="AUTOCOMMIT")).exec_driver_sql("VACUUM ANALYZE")
+    print(f"\n  loaded {total} chunks in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    await engine.dispose()
+
+
+def _build_in_child(url: str, n_chunks: int) -> None:
+    asyncio.run(_build(url, n_chunks))
+
+
+def _queries() -> list[str]:
+    with (DATA / "queries.test.jsonl").open(encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line in handle if line.strip()]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _time(
+    engine: AsyncEngine, queries: list[str], scope: RetrievalScope, k: int, params: Bm25Params
+) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU milliseconds per query (CPU includes SQLite, which runs in-process)."""
+    wall, cpu = [], []
+    for q in queries:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        async with engine.connect() as conn:
+            await retrieve(conn, q, scope, k, params=params)
+        wall.append(1000 * (time.perf_counter() - started))
+        cpu.append(1000 * (time.process_time() - cpu_started))
+    return wall, cpu
+
+
+async def _overlap(engine: AsyncEngine, queries: list[str], scope: RetrievalScope, k: int, params: Bm25Params) -> float:
+    """Mean share of the exact BM25 top k that the budgeted planner returns too."""
+    exact = Bm25Params(k1=params.k1, b=params.b, exhaustive_scope=10**9)
+    shares = []
+    async with engine.connect() as conn:
+        for q in queries:
+            want = {c.chunk_id for c in await retrieve(conn, q, scope, k, params=exact)}
+            got = {c.chunk_id for c in await retrieve(conn, q, scope, k, params=params)}
+            if want:
+                shares.append(len(want & got) / len(want))
+    return statistics.mean(shares) if shares else 1.0
+
+
+async def _measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    engine = create_async_engine(url, pool_size=2)
+    params = Bm25Params(posting_budget=args.budget)
+    queries = _queries()
+    scopes = {
+        "1% (1 group)": RetrievalScope(frozenset({0}), False),
+        "10% (10 groups)": RetrievalScope(frozenset(range(10)), False),
+        "100% (all groups + public)": RetrievalScope(frozenset(range(GROUPS)), True),
+    }
+    result: dict[str, Any] = {}
+    async with engine.connect() as conn:
+        result["chunks"] = (await conn.execute(text("SELECT n_chunks FROM rag_stats"))).scalar_one()
+    # Warm the analyser's token cache and the database caches, as a running server would have them.
+    await _time(engine, queries, scopes["1% (1 group)"], args.k, params)
+    await _time(engine, queries[:50], scopes["100% (all groups + public)"], args.k, params)
+    for label, scope in scopes.items():
+        timings, cpu = await _time(engine, queries, scope, args.k, params)
+        qs = statistics.quantiles(timings, n=100)
+        result[label] = {
+            "p50_ms": round(qs[49], 1),
+            "p95_ms": round(qs[94], 1),
+            "max_ms": round(max(timings), 1),
+            "cpu_p50_ms": round(statistics.median(cpu), 1),
+        }
+        print(
+            f"  {label:28s} p50 {qs[49]:6.1f} ms   p95 {qs[94]:6.1f} ms   max {max(timings):6.1f} ms"
+            f"   (process CPU p50 {statistics.median(cpu):5.1f} ms)",
+            file=sys.stderr,
+        )
+    result["load_average"] = round(os.getloadavg()[0], 2)
+    if args.overlap:
+        share = await _overlap(engine, queries[: args.overlap], scopes["100% (all groups + public)"], 10, params)
+        result["top10_overlap_with_exact"] = round(share, 4)
+        print(f"  top-10 overlap with exhaustive BM25 (wide scope): {share:.4f}", file=sys.stderr)
+    result["rss_mb"] = round(_rss_mb(), 1)
+    result["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    await engine.dispose()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--workdir", default="/tmp/pgpt-bench")
+    parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--overlap", type=int, default=50, help="queries for the exactness check (0: skip)")
+    parser.add_argument("--budget", type=int, default=Bm25Params().posting_budget, help="postings per query")
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        print(f"{backend}:", file=sys.stderr)
+        if backend == "sqlite":
+            path = workdir / f"bench-{args.chunks}.db"
+            if args.rebuild:
+                path.unlink(missing_ok=True)
+            url = f"sqlite+aiosqlite:///{path}"
+            fresh = not path.exists()
+        else:
+            import pgserver
+
+            pgdir = workdir / f"pg-{args.chunks}"
+            server = pgserver.get_server(pgdir, cleanup_mode=None)  # type: ignore[attr-defined]
+            dbname = "bench"
+            exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{dbname}';")
+            if args.rebuild and "1 row" in exists:
+                server.psql(f"DROP DATABASE {dbname};")
+            fresh = args.rebuild or "1 row" not in exists
+            if fresh:
+                server.psql(f"CREATE DATABASE {dbname};")
+            url = f"postgresql+asyncpg://postgres@/{dbname}?host={pgdir}"
+        if fresh:
+            child = multiprocessing.get_context("spawn").Process(target=_build_in_child, args=(url, args.chunks))
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                raise SystemExit(f"loading {backend} failed")
+        report[backend] = asyncio.run(_measure(url, args))
+        print(f"  RSS {report[backend]['rss_mb']} MB (max {report[backend]['max_rss_mb']} MB)", file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

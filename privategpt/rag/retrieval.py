@@ -1,0 +1,263 @@
+"""The retrieval entry point: query + access scope -> the k best chunks with scores in 0..1.
+
+BM25 (Lucene's variant: idf = ln(1 + (N - df + 0.5) / (df + 0.5))) over chunks, each chunk indexed with
+its document name and heading path. Scores are normalised by the query's own maximum: a chunk's BM25
+divided by sum over query terms of idf * (k1 + 1), the value a chunk would reach if every query term
+occurred infinitely often in it. So 1.0 is unreachable, a chunk of average length containing every query
+term once scores 1 / (k1 + 1) (0.53 with the default k1), and the score of a chunk does not depend on what
+else the caller may see. The same integers feed the same Python arithmetic on both databases, so a
+scenario's `similarity_threshold` means exactly the same on SQLite and PostgreSQL.
+
+How a query stays fast at 100,000+ chunks (see docs/retrieval.md):
+* Small scopes (a few thousand visible chunks) are scored exhaustively: the visible chunks are listed
+  through `source_groups` and scored from their term vectors.
+* Large scopes walk each query term's postings in impact order, inside the access filter, and stop after
+  a budget shared between the terms: rare terms are read whole, common terms only their best postings.
+  Every candidate is then scored exactly on all query terms from its term vector, which the walk reads
+  with the chunk row it joins for the access check anyway. Only the candidate set is approximate: a
+  chunk that is in no term's best postings is not considered (measured in docs/retrieval.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from privategpt.rag.analyzer import get_analyzer, normalize_language
+from privategpt.rag.chunking import ChunkingOptions, chunk_markdown, index_text
+from privategpt.rag.store import (
+    RECORD_SIZE,
+    Candidate,
+    CorpusStats,
+    PreparedChunk,
+    PreparedSource,
+    RetrievalScope,
+    store_for,
+)
+
+__all__ = [
+    "Bm25Params",
+    "PreparedChunk",
+    "PreparedSource",
+    "RetrievalScope",
+    "ScoredChunk",
+    "delete_source_chunks",
+    "index_prepared",
+    "index_prepared_many",
+    "index_source",
+    "prepare_source",
+    "retrieve",
+]
+
+RetrievalMode = Literal["sparse"]
+
+
+@dataclass(frozen=True)
+class Bm25Params:
+    """BM25 parameters and the query planner's budgets."""
+
+    k1: float = 0.9
+    b: float = 0.4
+    # Up to this many visible chunks, score every one of them (exact and cheap).
+    exhaustive_scope: int = 3000
+    # Candidate postings read per query in large scopes, shared between terms (scaled up for large k).
+    posting_budget: int = 2000
+    min_postings_per_term: int = 100
+
+
+DEFAULT_PARAMS = Bm25Params()
+
+
+@dataclass(frozen=True)
+class ScoredChunk:
+    """One retrieved chunk; `score` is normalised BM25 in 0..1 (see the module docstring)."""
+
+    chunk_id: int
+    source_id: str
+    source_name: str
+    text: str
+    heading_path: tuple[str, ...]
+    score: float
+
+
+# -- ingestion ------------------------------------------------------------------------------------
+
+
+def prepare_source(
+    name: str, markdown: str, language: str = "en", options: ChunkingOptions | None = None
+) -> PreparedSource:
+    """Chunk and analyse a document (CPU only; run it with asyncio.to_thread for large documents)."""
+    analyzer = get_analyzer(language)
+    chunks = []
+    for chunk in chunk_markdown(markdown, options):
+        terms = analyzer.term_frequencies(index_text(name, chunk))
+        if not terms:
+            continue
+        chunks.append(
+            PreparedChunk(
+                ordinal=chunk.ordinal,
+                heading_path=chunk.heading_path,
+                text=chunk.text,
+                length=sum(terms.values()),
+                terms=dict(terms),
+            )
+        )
+    return PreparedSource(language=analyzer.language, chunks=tuple(chunks))
+
+
+async def index_prepared(
+    conn: AsyncConnection, source_id: str, prepared: PreparedSource, params: Bm25Params = DEFAULT_PARAMS
+) -> int:
+    """Replace a source's chunks in the index (in the caller's transaction); returns the chunk count."""
+    await index_prepared_many(conn, [(source_id, prepared)], params)
+    return len(prepared.chunks)
+
+
+async def index_prepared_many(
+    conn: AsyncConnection,
+    items: Sequence[tuple[str, PreparedSource]],
+    params: Bm25Params = DEFAULT_PARAMS,
+) -> None:
+    """Replace the chunks of several sources at once (bulk loads, evaluation)."""
+    await store_for(conn).write(conn, items, params.k1, params.b)
+
+
+async def index_source(
+    conn: AsyncConnection,
+    source_id: str,
+    name: str,
+    markdown: str,
+    language: str = "en",
+    options: ChunkingOptions | None = None,
+    params: Bm25Params = DEFAULT_PARAMS,
+) -> int:
+    """Chunk, analyse (off the event loop) and index a source, replacing earlier chunks."""
+    prepared = await asyncio.to_thread(prepare_source, name, markdown, language, options)
+    return await index_prepared(conn, source_id, prepared, params)
+
+
+async def delete_source_chunks(conn: AsyncConnection, source_id: str) -> None:
+    """Remove a source's chunks from the index (deleting the source row does this too, by cascade)."""
+    await store_for(conn).delete(conn, [source_id])
+
+
+# -- retrieval ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _QueryTerm:
+    term_id: int
+    df: int
+    weight: float  # query term frequency * idf
+
+
+def _idf(n_chunks: int, df: int) -> float:
+    return math.log(1.0 + (n_chunks - df + 0.5) / (df + 0.5))
+
+
+def _plan(terms: Sequence[_QueryTerm], budget: int, min_per_term: int) -> list[tuple[int, int]]:
+    """Per-term candidate limits: rarest terms first and whole, the rest share what is left."""
+    plan: list[tuple[int, int]] = []
+    remaining = budget
+    ordered = sorted(terms, key=lambda t: (t.df, t.term_id))
+    for i, term in enumerate(ordered):
+        quota = max(min_per_term, remaining // (len(ordered) - i))
+        limit = min(term.df, quota)
+        plan.append((term.term_id, limit))
+        remaining = max(0, remaining - limit)
+    return plan
+
+
+_RECORDS = np.dtype([("term", ">u4"), ("tf", ">u2")])
+
+
+def _score(
+    terms: Sequence[_QueryTerm], candidates: Sequence[Candidate], stats: CorpusStats, params: Bm25Params
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact BM25 of each distinct candidate over all query terms, read from its term vector.
+
+    Returns chunk ids and scores as arrays, vectorised: a query at 100,000 chunks scores a few
+    thousand candidates, a few hundred thousand term records.
+    """
+    unique: dict[int, tuple[int, bytes]] = {}
+    for chunk_id, length, vector in candidates:
+        unique.setdefault(chunk_id, (length, vector))
+    ids = np.fromiter(unique, dtype=np.int64, count=len(unique))
+    if not unique:
+        return ids, np.zeros(0)
+    lengths = np.fromiter((v[0] for v in unique.values()), dtype=np.float64, count=len(unique))
+    vectors = [v[1] for v in unique.values()]
+    # All candidates' term vectors in one array, each record tagged with its candidate's position.
+    records = np.frombuffer(b"".join(vectors), dtype=_RECORDS)
+    owner = np.repeat(np.arange(len(vectors)), [len(v) // RECORD_SIZE for v in vectors])
+    record_terms = records["term"].astype(np.uint32)
+    record_tfs = records["tf"].astype(np.float64)
+    k1, b = params.k1, params.b
+    norm = k1 * (1.0 - b + b * lengths / (stats.avg_length or 1.0))
+    scores = np.zeros(len(vectors))
+    # One pass per query term (a handful) beats a generic set-membership test over all records.
+    for term in sorted(terms, key=lambda t: t.term_id):
+        hit = np.flatnonzero(record_terms == term.term_id)
+        if hit.size:
+            who = owner[hit]
+            tf = record_tfs[hit]
+            scores[who] += term.weight * tf * (k1 + 1.0) / (tf + norm[who])
+    return ids, scores
+
+
+async def retrieve(
+    conn: AsyncConnection,
+    query: str,
+    scope: RetrievalScope,
+    k: int,
+    threshold: float = 0.0,
+    mode: RetrievalMode = "sparse",
+    *,
+    language: str = "en",
+    params: Bm25Params = DEFAULT_PARAMS,
+) -> list[ScoredChunk]:
+    """The `k` best chunks in `scope` for `query`, best first, each scoring at least `threshold`."""
+    if mode != "sparse":
+        raise ValueError(f"unsupported retrieval mode: {mode}")
+    if k <= 0 or scope.is_empty:
+        return []
+    query_tf = get_analyzer(normalize_language(language)).term_frequencies(query)
+    if not query_tf:
+        return []
+    store = store_for(conn)
+    stats, found = await store.lookup_terms(conn, list(query_tf))
+    if not found or stats.n_chunks <= 0:
+        return []
+    terms = [
+        _QueryTerm(s.term_id, s.df, query_tf[term] * _idf(stats.n_chunks, s.df)) for term, s in sorted(found.items())
+    ]
+    max_score = sum(t.weight for t in terms) * (params.k1 + 1.0)
+
+    if await store.count_visible(conn, scope, params.exhaustive_scope) <= params.exhaustive_scope:
+        candidates = await store.chunks_in_scope(conn, scope)
+    else:
+        plan = _plan(terms, max(params.posting_budget, 3 * k), params.min_postings_per_term)
+        candidates = await store.top_candidates(conn, scope, plan)
+    ids, scores = _score(terms, candidates, stats, params)
+
+    # Best score first, ties by chunk id, so both databases return the same order.
+    order = np.lexsort((ids, -scores))[:k]
+    top = [
+        (chunk_id, score / max_score)
+        for chunk_id, score in zip(ids[order].tolist(), scores[order].tolist(), strict=True)
+        if score > 0 and score / max_score >= threshold
+    ]
+    # The rows are read again under the scope: on PostgreSQL each statement sees the latest commit,
+    # so a source deleted or regrouped meanwhile is dropped here rather than returned.
+    rows = {row.chunk_id: row for row in await store.fetch(conn, scope, [c for c, _ in top])}
+    return [
+        ScoredChunk(c, rows[c].source_id, rows[c].source_name, rows[c].text, rows[c].heading_path, score)
+        for c, score in top
+        if c in rows
+    ]

@@ -1,0 +1,487 @@
+"""Storage of the inverted index, behind one small interface with one implementation per database.
+
+The stores only move rows; all BM25 arithmetic happens in `privategpt.rag.retrieval`, in Python, from
+the integers read here, so both databases produce bit-identical scores.
+
+Every read that can return a chunk carries the caller's access scope inside its SQL (joined against
+`sources` and `source_groups`), so a chunk the caller may not see is never even a candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# Bound-variable batches for SQLite: far below its 32,766 limit, large enough to amortise a round trip.
+_SQLITE_BATCH = 4000
+_PG_BATCH = 50_000
+# Impacts are stored as integers: BM25 term weight (at most k1 + 1) times this.
+IMPACT_SCALE = 1000
+_MAX_TF = 32_767
+
+# A chunk's term vector: records of (term id: uint32, tf: uint16), big-endian, sorted by term id.
+_RECORD = struct.Struct(">IH")
+RECORD_SIZE = _RECORD.size
+
+
+def encode_terms(pairs: Sequence[tuple[int, int]]) -> bytes:
+    """Pack (term id, tf) pairs into a chunk's term vector."""
+    return b"".join(_RECORD.pack(term_id, min(tf, _MAX_TF)) for term_id, tf in sorted(pairs))
+
+
+@dataclass(frozen=True)
+class RetrievalScope:
+    """What a caller may retrieve: sources in any of `group_ids`, plus public ones if `include_public`."""
+
+    group_ids: frozenset[int]
+    include_public: bool
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing at all is visible (no groups and no public sources)."""
+        return not self.group_ids and not self.include_public
+
+
+@dataclass(frozen=True)
+class PreparedChunk:
+    """A chunk with its analysed terms, ready to be written."""
+
+    ordinal: int
+    heading_path: tuple[str, ...]
+    text: str
+    length: int
+    terms: dict[str, int]
+
+
+@dataclass(frozen=True)
+class PreparedSource:
+    """All chunks of one source, analysed in one language."""
+
+    language: str
+    chunks: tuple[PreparedChunk, ...]
+
+
+@dataclass(frozen=True)
+class CorpusStats:
+    """Number of chunks and their total length in terms, over the whole index."""
+
+    n_chunks: int
+    total_length: int
+
+    @property
+    def avg_length(self) -> float:
+        """Mean chunk length in terms."""
+        return self.total_length / self.n_chunks if self.n_chunks else 0.0
+
+
+@dataclass(frozen=True)
+class TermStat:
+    """A term's id and document frequency (number of chunks containing it)."""
+
+    term_id: int
+    df: int
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """What is shown of a retrieved chunk."""
+
+    chunk_id: int
+    source_id: str
+    source_name: str
+    text: str
+    heading_path: tuple[str, ...]
+
+
+# (chunk id, chunk length, term vector)
+Candidate = tuple[int, int, bytes]
+
+
+class IndexStore(Protocol):
+    """The operations retrieval needs from a database."""
+
+    async def write(
+        self, conn: AsyncConnection, items: Sequence[tuple[str, PreparedSource]], k1: float, b: float
+    ) -> None:
+        """Replace the chunks of each source with the prepared ones."""
+        ...
+
+    async def delete(self, conn: AsyncConnection, source_ids: Sequence[str]) -> None:
+        """Remove every chunk of these sources."""
+        ...
+
+    async def lookup_terms(
+        self, conn: AsyncConnection, terms: Sequence[str]
+    ) -> tuple[CorpusStats, dict[str, TermStat]]:
+        """Corpus statistics and the id/document frequency of each known term."""
+        ...
+
+    async def count_visible(self, conn: AsyncConnection, scope: RetrievalScope, cap: int) -> int:
+        """Number of chunks in scope (an over-estimate), counted up to `cap` + 1."""
+        ...
+
+    async def chunks_in_scope(self, conn: AsyncConnection, scope: RetrievalScope) -> list[Candidate]:
+        """Every chunk in scope (only called for small scopes)."""
+        ...
+
+    async def top_candidates(
+        self, conn: AsyncConnection, scope: RetrievalScope, plan: Sequence[tuple[int, int]]
+    ) -> list[Candidate]:
+        """For each (term id, limit): the chunks in scope where the term weighs most, at most `limit`."""
+        ...
+
+    async def fetch(self, conn: AsyncConnection, scope: RetrievalScope, chunk_ids: Sequence[int]) -> list[ChunkRow]:
+        """Chunks with their source names, re-checked against the scope."""
+        ...
+
+
+def _impact(tf: int, length: int, avg_length: float, k1: float, b: float) -> int:
+    norm = k1 * (1.0 - b + b * length / avg_length) if avg_length > 0 else k1
+    return round(IMPACT_SCALE * tf * (k1 + 1.0) / (tf + norm))
+
+
+def _batches(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+class _SqlStore:
+    """SQL shared by both databases; subclasses supply the dialect-specific statements."""
+
+    def _public(self, s: str) -> str:
+        raise NotImplementedError
+
+    def _in(self, column: str, name: str) -> str:
+        raise NotImplementedError
+
+    def _no_index(self, column: str) -> str:
+        """The column in a form the planner will not use an index for."""
+        raise NotImplementedError
+
+    def _bind(self, sql: str, *expanding: str) -> Any:
+        raise NotImplementedError
+
+    def _visible(self, scope: RetrievalScope, s: str = "s") -> str:
+        """SQL predicate: source row `s` is searchable by this scope."""
+        ors = []
+        if scope.include_public:
+            ors.append(self._public(s))
+        if scope.group_ids:
+            # The group test must be a filter on the source's few links: used as an index condition it
+            # costs one index seek per group of the caller, for every candidate chunk.
+            ors.append(
+                f"EXISTS (SELECT 1 FROM source_groups sg WHERE sg.source_id = {s}.id"
+                f" AND {self._in(self._no_index('sg.group_id'), 'scope_groups')})"
+            )
+        return f"{s}.state = 'vectorized' AND ({' OR '.join(ors) or '1 = 0'})"
+
+    def _visible_sources(self, scope: RetrievalScope) -> str:
+        """SQL query of the ids of candidate sources (state still to be checked)."""
+        parts = []
+        if scope.group_ids:
+            parts.append(
+                f"SELECT sg.source_id AS id FROM source_groups sg WHERE {self._in('sg.group_id', 'scope_groups')}"
+            )
+        if scope.include_public:
+            parts.append(f"SELECT s.id AS id FROM sources s WHERE {self._public('s')}")
+        return " UNION ".join(parts) or "SELECT NULL AS id WHERE 1 = 0"
+
+    @staticmethod
+    def _scope_params(scope: RetrievalScope) -> dict[str, Any]:
+        return {"scope_groups": sorted(scope.group_ids)} if scope.group_ids else {}
+
+    async def delete(self, conn: AsyncConnection, source_ids: Sequence[str]) -> None:
+        for batch in _batches(list(source_ids), _SQLITE_BATCH):
+            stmt = self._bind(f"DELETE FROM rag_chunks WHERE {self._in('source_id', 'ids')}", "ids")
+            await conn.execute(stmt, {"ids": list(batch)})
+
+    async def lookup_terms(
+        self, conn: AsyncConnection, terms: Sequence[str]
+    ) -> tuple[CorpusStats, dict[str, TermStat]]:
+        row = (await conn.execute(text("SELECT n_chunks, total_length FROM rag_stats WHERE id = 1"))).one()
+        stats = CorpusStats(int(row[0]), int(row[1]))
+        found: dict[str, TermStat] = {}
+        if terms:
+            stmt = self._bind(f"SELECT term, id, df FROM rag_terms WHERE {self._in('term', 'terms')}", "terms")
+            for term, term_id, df in await conn.execute(stmt, {"terms": list(terms)}):
+                if df > 0:
+                    found[term] = TermStat(int(term_id), int(df))
+        return stats, found
+
+    async def count_visible(self, conn: AsyncConnection, scope: RetrievalScope, cap: int) -> int:
+        # An over-estimate is fine (it only picks the query plan), so no DISTINCT and no state check;
+        # each branch stops at the cap.
+        limit = int(cap) + 1
+        branches = []
+        if scope.group_ids:
+            branches.append(
+                "SELECT count(*) FROM (SELECT 1 FROM source_groups sg "
+                "JOIN rag_chunks c ON c.source_id = sg.source_id "
+                f"WHERE {self._in('sg.group_id', 'scope_groups')} LIMIT {limit}) AS g"
+            )
+        if scope.include_public:
+            branches.append(
+                "SELECT count(*) FROM (SELECT 1 FROM sources s JOIN rag_chunks c ON c.source_id = s.id "
+                f"WHERE {self._public('s')} LIMIT {limit}) AS p"
+            )
+        if not branches:
+            return 0
+        sql = "SELECT " + " + ".join(f"({b})" for b in branches)
+        params = self._scope_params(scope)
+        return int((await conn.execute(self._bind(sql, *params), params)).scalar_one())
+
+    async def chunks_in_scope(self, conn: AsyncConnection, scope: RetrievalScope) -> list[Candidate]:
+        sql = (
+            f"WITH vs AS ({self._visible_sources(scope)}) "
+            # CROSS JOIN makes SQLite start from the (small) visible set; PostgreSQL plans it freely.
+            "SELECT c.id, c.length, c.terms FROM vs CROSS JOIN sources s CROSS JOIN rag_chunks c "
+            "WHERE s.id = vs.id AND c.source_id = s.id AND s.state = 'vectorized'"
+        )
+        params = self._scope_params(scope)
+        result = await conn.execute(self._bind(sql, *params), params)
+        return cast(list[Candidate], result.all())
+
+    async def fetch(self, conn: AsyncConnection, scope: RetrievalScope, chunk_ids: Sequence[int]) -> list[ChunkRow]:
+        if not chunk_ids:
+            return []
+        sql = (
+            "SELECT c.id, c.source_id, s.name, c.text, c.heading_path FROM rag_chunks c "
+            f"JOIN sources s ON s.id = c.source_id WHERE {self._in('c.id', 'chunks')} AND {self._visible(scope)}"
+        )
+        params = {**self._scope_params(scope), "chunks": list(chunk_ids)}
+        rows = await conn.execute(self._bind(sql, *params), params)
+        return [ChunkRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), tuple(json.loads(r[4]))) for r in rows]
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    async def write(
+        self, conn: AsyncConnection, items: Sequence[tuple[str, PreparedSource]], k1: float, b: float
+    ) -> None:
+        await self.delete(conn, [source_id for source_id, _ in items])
+        chunks = [(source_id, prepared.language, c) for source_id, prepared in items for c in prepared.chunks]
+        if not chunks:
+            return
+        # First write of the transaction on rag_stats (unless the delete's trigger already took it): that
+        # row lock orders all index writers, so they never deadlock on term rows.
+        added_length = sum(c.length for _, _, c in chunks)
+        row = (
+            await conn.execute(
+                text(
+                    "UPDATE rag_stats SET n_chunks = n_chunks + :n, total_length = total_length + :len "
+                    "WHERE id = 1 RETURNING n_chunks, total_length"
+                ),
+                {"n": len(chunks), "len": added_length},
+            )
+        ).one()
+        avg_length = int(row[1]) / int(row[0]) if row[0] else 0.0
+        df_increments: Counter[str] = Counter()
+        for _, _, c in chunks:
+            df_increments.update(c.terms.keys())
+        term_ids = await self._upsert_terms(conn, sorted(df_increments.items()))
+        vectors = [encode_terms([(term_ids[t], tf) for t, tf in c.terms.items()]) for _, _, c in chunks]
+        chunk_ids = await self._insert_chunks(conn, chunks, vectors)
+        postings = [
+            (chunk_id, term_ids[term], min(tf, _MAX_TF), _impact(tf, c.length, avg_length, k1, b))
+            for chunk_id, (_, _, c) in zip(chunk_ids, chunks, strict=True)
+            for term, tf in c.terms.items()
+        ]
+        await self._insert_postings(conn, postings)
+
+    async def _upsert_terms(self, conn: AsyncConnection, increments: list[tuple[str, int]]) -> dict[str, int]:
+        raise NotImplementedError
+
+    async def _insert_chunks(
+        self, conn: AsyncConnection, chunks: list[tuple[str, str, PreparedChunk]], vectors: list[bytes]
+    ) -> list[int]:
+        raise NotImplementedError
+
+    async def _insert_postings(self, conn: AsyncConnection, rows: list[tuple[int, int, int, int]]) -> None:
+        raise NotImplementedError
+
+
+class SqliteStore(_SqlStore):
+    """SQLite: the inverted index in WITHOUT ROWID tables, queried per term with early termination."""
+
+    def _public(self, s: str) -> str:
+        # Booleans are stored as 0/1; comparing to 1 lets SQLite use ix_sources_is_public.
+        return f"{s}.is_public = 1"
+
+    def _in(self, column: str, name: str) -> str:
+        return f"{column} IN :{name}"
+
+    def _no_index(self, column: str) -> str:
+        return f"+{column}"
+
+    def _bind(self, sql: str, *expanding: str) -> Any:
+        return text(sql).bindparams(*(bindparam(n, expanding=True) for n in expanding))
+
+    async def top_candidates(
+        self, conn: AsyncConnection, scope: RetrievalScope, plan: Sequence[tuple[int, int]]
+    ) -> list[Candidate]:
+        if not plan:
+            return []
+        # CROSS JOIN fixes SQLite's join order: walk the term's postings by impact, then check access,
+        # so that the LIMIT stops the walk after enough visible postings.
+        parts = [
+            "SELECT * FROM (SELECT p.chunk_id, c.length, c.terms FROM rag_postings p "
+            "CROSS JOIN rag_chunks c CROSS JOIN sources s "
+            f"WHERE p.term_id = :t{i} AND c.id = p.chunk_id AND s.id = c.source_id AND {self._visible(scope)} "
+            f"ORDER BY p.impact DESC, p.chunk_id LIMIT :l{i})"
+            for i in range(len(plan))
+        ]
+        params: dict[str, Any] = self._scope_params(scope)
+        for i, (term_id, limit) in enumerate(plan):
+            params[f"t{i}"] = term_id
+            params[f"l{i}"] = limit
+        result = await conn.execute(self._bind(" UNION ALL ".join(parts), *self._scope_params(scope)), params)
+        return cast(list[Candidate], result.all())
+
+    async def _upsert_terms(self, conn: AsyncConnection, increments: list[tuple[str, int]]) -> dict[str, int]:
+        await conn.exec_driver_sql(
+            "INSERT INTO rag_terms (term, df) VALUES (?, ?) ON CONFLICT (term) DO UPDATE SET df = df + excluded.df",
+            increments,
+        )
+        ids: dict[str, int] = {}
+        stmt = self._bind("SELECT term, id FROM rag_terms WHERE term IN :terms", "terms")
+        for batch in _batches([t for t, _ in increments], _SQLITE_BATCH):
+            ids.update((str(t), int(i)) for t, i in await conn.execute(stmt, {"terms": list(batch)}))
+        return ids
+
+    async def _insert_chunks(
+        self, conn: AsyncConnection, chunks: list[tuple[str, str, PreparedChunk]], vectors: list[bytes]
+    ) -> list[int]:
+        ids: list[int] = []
+        per_row = 7
+        rows = list(zip(chunks, vectors, strict=True))
+        for batch in _batches(rows, _SQLITE_BATCH // per_row):
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(batch))
+            params: list[Any] = []
+            for (source_id, language, c), vector in batch:
+                params += [source_id, c.length, vector, c.ordinal, language, json.dumps(list(c.heading_path)), c.text]
+            result = await conn.exec_driver_sql(
+                "INSERT INTO rag_chunks (source_id, length, terms, ordinal, language, heading_path, text) "
+                f"VALUES {values} RETURNING id, source_id, ordinal",
+                tuple(params),
+            )
+            inserted = cast(list[tuple[int, str, int]], result.all())
+            by_key = {(str(r[1]), int(r[2])): int(r[0]) for r in inserted}
+            ids.extend(by_key[(source_id, c.ordinal)] for (source_id, _, c), _ in batch)
+        return ids
+
+    async def _insert_postings(self, conn: AsyncConnection, rows: list[tuple[int, int, int, int]]) -> None:
+        await conn.exec_driver_sql(
+            "INSERT INTO rag_postings (chunk_id, term_id, tf, impact) VALUES (?, ?, ?, ?)",
+            rows,
+        )
+
+
+class PostgresStore(_SqlStore):
+    """PostgreSQL: the same index; arrays instead of expanded IN lists, LATERAL for per-term limits."""
+
+    def _public(self, s: str) -> str:
+        return f"{s}.is_public"
+
+    def _in(self, column: str, name: str) -> str:
+        return f"{column} = ANY(:{name})"
+
+    def _no_index(self, column: str) -> str:
+        return f"({column} + 0)"
+
+    def _bind(self, sql: str, *expanding: str) -> Any:
+        return text(sql)
+
+    async def top_candidates(
+        self, conn: AsyncConnection, scope: RetrievalScope, plan: Sequence[tuple[int, int]]
+    ) -> list[Candidate]:
+        if not plan:
+            return []
+        sql = (
+            "SELECT x.chunk_id, x.length, x.terms "
+            "FROM unnest(CAST(:terms AS integer[]), CAST(:limits AS integer[])) AS q(term_id, lim) "
+            "CROSS JOIN LATERAL (SELECT p.chunk_id, c.length, c.terms FROM rag_postings p "
+            "JOIN rag_chunks c ON c.id = p.chunk_id JOIN sources s ON s.id = c.source_id "
+            f"WHERE p.term_id = q.term_id AND {self._visible(scope)} "
+            "ORDER BY p.impact DESC, p.chunk_id LIMIT q.lim) AS x"
+        )
+        params = {
+            **self._scope_params(scope),
+            "terms": [t for t, _ in plan],
+            "limits": [limit for _, limit in plan],
+        }
+        result = await conn.execute(text(sql), params)
+        return cast(list[Candidate], result.all())
+
+    async def _upsert_terms(self, conn: AsyncConnection, increments: list[tuple[str, int]]) -> dict[str, int]:
+        ids: dict[str, int] = {}
+        for batch in _batches(increments, _PG_BATCH):
+            rows = await conn.execute(
+                text(
+                    "INSERT INTO rag_terms (term, df) "
+                    "SELECT t, d FROM unnest(CAST(:terms AS text[]), CAST(:dfs AS integer[])) AS u(t, d) "
+                    "ORDER BY t "
+                    "ON CONFLICT (term) DO UPDATE SET df = rag_terms.df + EXCLUDED.df RETURNING term, id"
+                ),
+                {"terms": [t for t, _ in batch], "dfs": [d for _, d in batch]},
+            )
+            ids.update((str(t), int(i)) for t, i in rows)
+        return ids
+
+    async def _insert_chunks(
+        self, conn: AsyncConnection, chunks: list[tuple[str, str, PreparedChunk]], vectors: list[bytes]
+    ) -> list[int]:
+        ids: list[int] = []
+        rows = list(zip(chunks, vectors, strict=True))
+        for batch in _batches(rows, 5000):
+            result = await conn.execute(
+                text(
+                    "INSERT INTO rag_chunks (source_id, length, terms, ordinal, language, heading_path, text) "
+                    "SELECT * FROM unnest(CAST(:sources AS varchar[]), CAST(:lengths AS integer[]), "
+                    "CAST(:vectors AS bytea[]), CAST(:ordinals AS integer[]), CAST(:languages AS varchar[]), "
+                    "CAST(:paths AS text[]), CAST(:texts AS text[])) RETURNING id, source_id, ordinal"
+                ),
+                {
+                    "sources": [s for (s, _, _), _ in batch],
+                    "lengths": [c.length for (_, _, c), _ in batch],
+                    "vectors": [v for _, v in batch],
+                    "ordinals": [c.ordinal for (_, _, c), _ in batch],
+                    "languages": [lang for (_, lang, _), _ in batch],
+                    "paths": [json.dumps(list(c.heading_path)) for (_, _, c), _ in batch],
+                    "texts": [c.text for (_, _, c), _ in batch],
+                },
+            )
+            by_key = {(str(r[1]), int(r[2])): int(r[0]) for r in result}
+            ids.extend(by_key[(source_id, c.ordinal)] for (source_id, _, c), _ in batch)
+        return ids
+
+    async def _insert_postings(self, conn: AsyncConnection, rows: list[tuple[int, int, int, int]]) -> None:
+        for batch in _batches(rows, _PG_BATCH):
+            await conn.execute(
+                text(
+                    "INSERT INTO rag_postings (chunk_id, term_id, tf, impact) "
+                    "SELECT * FROM unnest(CAST(:c AS integer[]), CAST(:t AS integer[]), "
+                    "CAST(:f AS smallint[]), CAST(:i AS smallint[]))"
+                ),
+                {
+                    "c": [r[0] for r in batch],
+                    "t": [r[1] for r in batch],
+                    "f": [r[2] for r in batch],
+                    "i": [r[3] for r in batch],
+                },
+            )
+
+
+_STORES: dict[str, IndexStore] = {"sqlite": SqliteStore(), "postgresql": PostgresStore()}
+
+
+def store_for(conn: AsyncConnection) -> IndexStore:
+    """The store implementation for the connection's database."""
+    try:
+        return _STORES[conn.dialect.name]
+    except KeyError:
+        raise ValueError(f"unsupported database dialect: {conn.dialect.name}") from None

@@ -46,7 +46,8 @@ def event(
 
 
 def login_event(email: str, succeeded: bool = True) -> dict[str, Any]:
-    return event(email, "auth.login", succeeded=succeeded)
+    # The target is the email the login was attempted for (lower-cased), known user or not.
+    return event(email, "auth.login", "user", email.lower(), succeeded=succeeded)
 
 
 def audit_page(api: Api, token: str, **params: Any) -> dict[str, Any]:

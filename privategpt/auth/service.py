@@ -113,11 +113,20 @@ async def login(
     ok = await passwords.verify(user.password_hash if user else None, password)
     if user is None or not ok or not user.is_active:
         await _record_failure(session, settings, email, client)
-        await audit.record(session, actor=user, actor_email=email, action="auth.login", client=client, succeeded=False)
+        await audit.record(
+            session,
+            actor=user,
+            actor_email=email,
+            action="auth.login",
+            target_type="user",
+            target=email,
+            client=client,
+            succeeded=False,
+        )
         raise InvalidCredentials()
     await session.execute(delete(LoginAttempt).where(LoginAttempt.throttle_key == f"email:{email}"))
     token = await issue_token(session, settings, user)
-    await audit.record(session, actor=user, action="auth.login", client=client)
+    await audit.record(session, actor=user, action="auth.login", target_type="user", target=email, client=client)
     return token
 
 

@@ -231,7 +231,8 @@ class Job(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (Index("ix_jobs_state_run_after", "state", "run_after"),)
+    # AUTOINCREMENT: SQLite would otherwise hand a deleted job's id to the next job.
+    __table_args__ = (Index("ix_jobs_state_run_after", "state", "run_after"), {"sqlite_autoincrement": True})
 
 
 class Scenario(Base):

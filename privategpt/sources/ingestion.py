@@ -1,22 +1,23 @@
-"""The ingestion job: chunk and index one source, then flip it to `vectorized` or `error`.
+"""The ingestion job: chunk and index sources, then flip each to `vectorized` or `error`.
 
-The index rows and the new state are written in one transaction, which also removes the job, and only
-while this worker still holds the job (`queue.hold`): a job superseded by newer content, or taken over
-after a lost lease, writes nothing. Rewriting a source's chunks replaces the old ones, so even a retried
-job never leaves a source indexed twice.
+A batch of jobs is written in one transaction: the index rows, the new states and the removal of the
+jobs, and only for the jobs this worker still holds (`queue.hold`) — a job superseded by newer content,
+or taken over after a lost lease, writes nothing. Writing a source's chunks replaces its old ones, so
+even a retried job never leaves a source indexed twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from privategpt.db import Database
 from privategpt.models import Source
-from privategpt.rag import PreparedSource, delete_source_chunks, index_prepared, prepare_source
+from privategpt.rag import PreparedSource, delete_source_chunks, index_prepared_many, prepare_source
 from privategpt.worker import queue
 from privategpt.worker.queue import ClaimedJob
 
@@ -25,6 +26,24 @@ logger = logging.getLogger(__name__)
 # Sources carry no language yet; the hybrid-retrieval issue makes analysis language-aware.
 LANGUAGE = "en"
 
+NO_TEXT = "The content contains no searchable text."
+UNSPLITTABLE = "The content could not be split into chunks."
+
+
+def _prepare_all(documents: dict[str, tuple[str, str]]) -> dict[str, PreparedSource | str]:
+    """Chunk and analyse each document; a failure is the error text of that document alone."""
+    out: dict[str, PreparedSource | str] = {}
+    for source_id, (name, content) in documents.items():
+        try:
+            prepared = prepare_source(name, content, LANGUAGE)
+        except Exception:
+            # Deterministic: the same text fails the same way on every retry.
+            logger.exception("Chunking source %s failed", source_id)
+            out[source_id] = UNSPLITTABLE
+            continue
+        out[source_id] = prepared if prepared.chunks else NO_TEXT
+    return out
+
 
 class IngestionHandler:
     """Runs `ingest` jobs."""
@@ -32,54 +51,59 @@ class IngestionHandler:
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    async def run(self, job: ClaimedJob, worker_id: str) -> None:
+    async def run(self, jobs: Sequence[ClaimedJob]) -> None:
+        source_ids = [job.source_id for job in jobs]
         async with self.database.session(write=False) as session:
-            row = (
-                await session.execute(select(Source.name, Source.content).where(Source.id == job.source_id))
-            ).one_or_none()
-        if row is None:
-            return  # deleted meanwhile; its job went with it
-        name, content = row
-        try:
-            # CPU work off the event loop, which the API shares in the embedded worker.
-            prepared = await asyncio.to_thread(prepare_source, name, content, LANGUAGE)
-        except Exception:
-            # Deterministic: the same text fails the same way on every retry.
-            logger.exception("Chunking source %s failed", job.source_id)
-            await self._fail(job, worker_id, "The content could not be split into chunks.")
-            return
-        if not prepared.chunks:
-            await self._fail(job, worker_id, "The content contains no searchable text.")
-            return
-        await self._complete(job, worker_id, prepared)
-
-    async def give_up(self, job: ClaimedJob, worker_id: str, reason: str) -> None:
-        await self._fail(job, worker_id, reason)
-
-    async def _lock_source(self, session: AsyncSession, source_id: str) -> bool:
-        # Source row first, then the job row: the same order as edits and deletes, so none deadlock.
-        locked = await session.scalar(select(Source.id).where(Source.id == source_id).with_for_update())
-        return locked is not None
-
-    async def _complete(self, job: ClaimedJob, worker_id: str, prepared: PreparedSource) -> None:
+            rows = await session.execute(
+                select(Source.id, Source.name, Source.content).where(Source.id.in_(source_ids))
+            )
+            documents = {source_id: (name, content) for source_id, name, content in rows}
+        # CPU work off the event loop, which the API shares in the embedded worker.
+        results = await asyncio.to_thread(_prepare_all, documents)
         async with self.database.session(write=True) as session:
-            if not await self._lock_source(session, job.source_id) or not await queue.hold(session, job, worker_id):
-                return
-            await index_prepared(await session.connection(), job.source_id, prepared)
-            await self._set_state(session, job.source_id, "vectorized", None)
-            await queue.finish(session, job)
+            ours = await self._lock(session, jobs)
+            indexed = [(sid, r) for sid, r in results.items() if sid in ours and isinstance(r, PreparedSource)]
+            failed = {sid: r for sid, r in results.items() if sid in ours and isinstance(r, str)}
+            connection = await session.connection()
+            if indexed:
+                await index_prepared_many(connection, indexed)
+                await self._set_state(session, [sid for sid, _ in indexed], "vectorized", None)
+            for source_id, message in failed.items():
+                await delete_source_chunks(connection, source_id)
+                await self._set_state(session, [source_id], "error", message)
+            # Jobs whose source vanished between the read and now have gone with it (cascade).
+            await queue.finish(session, ours.values())
 
-    async def _fail(self, job: ClaimedJob, worker_id: str, message: str) -> None:
+    async def give_up(self, jobs: Sequence[ClaimedJob], reason: str) -> None:
         async with self.database.session(write=True) as session:
-            if not await self._lock_source(session, job.source_id) or not await queue.hold(session, job, worker_id):
-                return
-            await delete_source_chunks(await session.connection(), job.source_id)
-            await self._set_state(session, job.source_id, "error", message)
-            await queue.finish(session, job)
+            ours = await self._lock(session, jobs)
+            connection = await session.connection()
+            for source_id in ours:
+                await delete_source_chunks(connection, source_id)
+            await self._set_state(session, list(ours), "error", reason)
+            await queue.finish(session, ours.values())
 
     @staticmethod
-    async def _set_state(session: AsyncSession, source_id: str, state: str, error: str | None) -> None:
+    async def _lock(session: AsyncSession, jobs: Sequence[ClaimedJob]) -> dict[str, int]:
+        """Lock the sources, then their jobs; returns source id -> job id for the jobs still ours."""
+        # Source rows first, then job rows, each in id order: the same order as edits and deletes take,
+        # so no two transactions wait on each other in a cycle.
+        await session.execute(
+            select(Source.id)
+            .where(Source.id.in_([job.source_id for job in jobs]))
+            .order_by(Source.id)
+            .with_for_update()
+        )
+        held = await queue.hold(session, jobs)
+        return {job.source_id: job.id for job in jobs if job.id in held}
+
+    @staticmethod
+    async def _set_state(session: AsyncSession, source_ids: list[str], state: str, error: str | None) -> None:
+        if not source_ids:
+            return
         # updated_at is the time of the user's last change, not of the worker's.
         await session.execute(
-            update(Source).where(Source.id == source_id).values(state=state, error=error, updated_at=Source.updated_at)
+            update(Source)
+            .where(Source.id.in_(source_ids))
+            .values(state=state, error=error, updated_at=Source.updated_at)
         )

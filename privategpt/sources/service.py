@@ -18,7 +18,7 @@ from privategpt.auth.principal import Principal
 from privategpt.config import Settings
 from privategpt.errors import Forbidden, NotFound, ValidationFailed
 from privategpt.groups.service import groups_by_names, name_key
-from privategpt.models import Group, Source, SourceGroup, utcnow
+from privategpt.models import Group, Source, SourceGroup, new_uuid, utcnow
 from privategpt.rag import delete_source_chunks
 from privategpt.sources.schemas import Creator, SourceCreate, SourceOut, SourceUpdate
 from privategpt.worker import queue
@@ -68,6 +68,7 @@ async def create_source(
     _check_writable(caller, [g.id for g in groups])
     now = utcnow()
     source = Source(
+        id=new_uuid(),
         name=body.name,
         content=body.content,
         is_public=not groups,
@@ -78,8 +79,9 @@ async def create_source(
         updated_at=now,
     )
     session.add(source)
+    # The job row references the source: without a relationship between them the flush must order them.
     await session.flush()
-    await queue.enqueue(session, queue.INGEST, source.id, wake=wake)
+    await queue.enqueue(session, queue.INGEST, source.id, wake=wake, supersede=False)
     await audit.record(
         session,
         actor=caller.user,

@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, delete, event, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, event, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -39,11 +39,21 @@ class ClaimedJob:
     source_id: str
     # Claims so far, this one included.
     attempts: int
+    # The `locked_by` this claim wrote: unique per claim, so a later claim of the same row (or of a row
+    # that reuses a deleted job's id) is never mistaken for this one.
+    claim: str
 
 
 def new_worker_id() -> str:
-    """`host:pid:random`: unique per worker instance, and tells a later process on this host whose it was."""
+    """`host:pid:random`: unique per worker instance, and tells a later process on this host whose it was.
+
+    Each claim writes `<worker id>/<random>` into `locked_by`.
+    """
     return f"{socket.gethostname()[:80]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _claimed_by(worker_id: str) -> ColumnElement[bool]:
+    return Job.locked_by.startswith(worker_id + "/", autoescape=True)
 
 
 def wake_after_commit(session: AsyncSession, wake: Callable[[], None] | None) -> None:
@@ -57,20 +67,28 @@ def wake_after_commit(session: AsyncSession, wake: Callable[[], None] | None) ->
     event.listen(session.sync_session, "after_commit", _after_commit, once=True)
 
 
-async def enqueue(session: AsyncSession, kind: str, source_id: str, *, wake: Callable[[], None] | None) -> None:
+async def enqueue(
+    session: AsyncSession, kind: str, source_id: str, *, wake: Callable[[], None] | None, supersede: bool = True
+) -> None:
     """Queue a job for `source_id` in the caller's transaction, replacing any earlier job of that source.
 
     Deleting the earlier job (queued or running) is what supersedes it: its worker finds the row gone
-    in its final transaction and writes nothing, so stale content is never indexed last.
+    in its final transaction and writes nothing, so stale content is never indexed last. A source created
+    in this very transaction has no earlier job (`supersede=False` saves the statement).
     """
-    await session.execute(delete(Job).where(Job.source_id == source_id, Job.kind == kind))
+    if supersede:
+        await session.execute(delete(Job).where(Job.source_id == source_id, Job.kind == kind))
     session.add(Job(kind=kind, source_id=source_id, state="queued", attempts=0, run_after=utcnow()))
-    await session.flush()
     wake_after_commit(session, wake)
 
 
 async def claim(database: Database, worker_id: str, *, limit: int, lease_seconds: float) -> list[ClaimedJob]:
-    """Take up to `limit` runnable jobs (queued and due, or running with an expired lease), oldest first."""
+    """Take runnable jobs (queued and due, or running with an expired lease), oldest first.
+
+    A job tried before (its worker crashed or it failed) is taken alone: if it is what kills workers, it
+    must not take a batch of innocent jobs down with it again, nor charge them an attempt. Otherwise up
+    to `limit` fresh jobs are taken together.
+    """
     now = utcnow()
     runnable = or_(
         and_(Job.state == "queued", Job.run_after <= now),
@@ -80,19 +98,37 @@ async def claim(database: Database, worker_id: str, *, limit: int, lease_seconds
     async with database.session(write=False) as session:
         if await session.scalar(select(Job.id).where(runnable).limit(1)) is None:
             return []
+    claim_token = f"{worker_id}/{uuid.uuid4().hex[:8]}"
     async with database.session(write=True) as session:
         jobs = list(
             await session.scalars(
-                select(Job).where(runnable).order_by(Job.id).limit(limit).with_for_update(skip_locked=True)
+                select(Job)
+                .where(runnable, Job.attempts > 0)
+                .order_by(Job.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
             )
         )
+        if not jobs:
+            jobs = list(
+                await session.scalars(
+                    select(Job)
+                    .where(runnable, Job.attempts == 0)
+                    .order_by(Job.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
         for job in jobs:
             job.state = "running"
-            job.locked_by = worker_id
+            job.locked_by = claim_token
             job.locked_until = now + timedelta(seconds=lease_seconds)
             job.attempts += 1
         await session.flush()
-        return [ClaimedJob(id=j.id, kind=j.kind, source_id=j.source_id, attempts=j.attempts) for j in jobs]
+        return [
+            ClaimedJob(id=j.id, kind=j.kind, source_id=j.source_id, attempts=j.attempts, claim=claim_token)
+            for j in jobs
+        ]
 
 
 async def heartbeat(database: Database, worker_id: str, job_ids: Sequence[int], *, lease_seconds: float) -> set[int]:
@@ -102,32 +138,42 @@ async def heartbeat(database: Database, worker_id: str, job_ids: Sequence[int], 
     async with database.session(write=True) as session:
         result = await session.execute(
             update(Job)
-            .where(Job.id.in_(job_ids), Job.locked_by == worker_id, Job.state == "running")
+            .where(Job.id.in_(job_ids), _claimed_by(worker_id), Job.state == "running")
             .values(locked_until=utcnow() + timedelta(seconds=lease_seconds))
             .returning(Job.id)
         )
         return set(result.scalars())
 
 
-async def hold(session: AsyncSession, job: ClaimedJob, worker_id: str) -> bool:
-    """Lock the job row in the caller's transaction; True if it still exists and is held by `worker_id`."""
-    holder = await session.scalar(
-        select(Job.locked_by).where(Job.id == job.id, Job.state == "running").with_for_update()
+async def hold(session: AsyncSession, jobs: Sequence[ClaimedJob]) -> set[int]:
+    """Lock the job rows in the caller's transaction; returns the ids still held under these very claims."""
+    if not jobs:
+        return set()
+    claims = {j.id: j.claim for j in jobs}
+    rows = await session.execute(
+        select(Job.id, Job.locked_by)
+        .where(Job.id.in_(list(claims)), Job.state == "running")
+        .order_by(Job.id)
+        .with_for_update()
     )
-    return holder == worker_id
+    return {job_id for job_id, locked_by in rows if locked_by == claims[job_id]}
 
 
-async def finish(session: AsyncSession, job: ClaimedJob) -> None:
-    """Remove a finished job in the caller's transaction; its outcome lives on the source."""
-    await session.execute(delete(Job).where(Job.id == job.id))
+async def finish(session: AsyncSession, job_ids: Iterable[int]) -> None:
+    """Remove finished jobs in the caller's transaction; their outcome lives on the source."""
+    ids = list(job_ids)
+    if ids:
+        await session.execute(delete(Job).where(Job.id.in_(ids)))
 
 
-async def retry_later(database: Database, job: ClaimedJob, worker_id: str, *, delay_seconds: float, error: str) -> None:
-    """Put a job that failed for a passing reason back in the queue, due after `delay_seconds`."""
+async def retry_later(database: Database, jobs: Sequence[ClaimedJob], *, delay_seconds: float, error: str) -> None:
+    """Put jobs that failed for a passing reason back in the queue, due after `delay_seconds`."""
+    if not jobs:
+        return
     async with database.session(write=True) as session:
         await session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.locked_by == worker_id)
+            .where(Job.id.in_([j.id for j in jobs]), Job.locked_by.in_({j.claim for j in jobs}))
             .values(
                 state="queued",
                 locked_by=None,
@@ -145,7 +191,7 @@ async def release(database: Database, worker_id: str, job_ids: Sequence[int]) ->
     async with database.session(write=True) as session:
         await session.execute(
             update(Job)
-            .where(Job.id.in_(job_ids), Job.locked_by == worker_id)
+            .where(Job.id.in_(job_ids), _claimed_by(worker_id))
             .values(state="queued", locked_by=None, locked_until=None, attempts=Job.attempts - 1)
         )
 
@@ -178,11 +224,12 @@ async def expire_dead_local_leases(database: Database, live_worker_ids: set[str]
         dead: list[int] = []
         for job_id, locked_by in held:
             _, pid_text, _ = str(locked_by).rsplit(":", 2)
+            worker_id = str(locked_by).split("/", 1)[0]
             if not pid_text.isdigit() or int(pid_text) <= 0:
                 continue
             pid = int(pid_text)
             same_process = pid == os.getpid()
-            if (same_process and locked_by not in live_worker_ids) or (not same_process and not _process_alive(pid)):
+            if (same_process and worker_id not in live_worker_ids) or (not same_process and not _process_alive(pid)):
                 dead.append(job_id)
         if dead:
             await session.execute(

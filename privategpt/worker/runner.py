@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
+from collections.abc import Sequence
 from typing import Protocol
 
 from privategpt.config import Settings
@@ -26,11 +26,15 @@ _LIVE_WORKER_IDS: set[str] = set()
 
 
 class JobHandler(Protocol):
-    """Runs one kind of job. Both methods write their outcome in a transaction that calls `queue.hold`."""
+    """Runs one kind of job, a batch at a time.
 
-    async def run(self, job: ClaimedJob, worker_id: str) -> None: ...
+    Both methods write their outcome in one transaction that first calls `queue.hold`, and write only for
+    the jobs it returns (the others were superseded or taken over meanwhile).
+    """
 
-    async def give_up(self, job: ClaimedJob, worker_id: str, reason: str) -> None: ...
+    async def run(self, jobs: Sequence[ClaimedJob]) -> None: ...
+
+    async def give_up(self, jobs: Sequence[ClaimedJob], reason: str) -> None: ...
 
 
 class Worker:
@@ -42,14 +46,19 @@ class Worker:
         self.handlers = handlers
         self.worker_id = queue.new_worker_id()
         self._wake = asyncio.Event()
-        self._running: dict[int, asyncio.Task[None]] = {}
+        # Batches in flight, and the jobs each holds (kept alive by the heartbeat, handed back on stop).
+        self._batches: dict[asyncio.Task[None], list[int]] = {}
         self._main: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
 
     def wake(self) -> None:
-        """Look for jobs now; safe to call from the event loop thread only (SQLAlchemy commit hooks are)."""
+        """Look for jobs now; call it on the event loop's thread (SQLAlchemy's commit hooks run there)."""
         self._wake.set()
+
+    @property
+    def _held(self) -> list[int]:
+        return [job_id for ids in self._batches.values() for job_id in ids]
 
     async def start(self) -> None:
         _LIVE_WORKER_IDS.add(self.worker_id)
@@ -64,12 +73,11 @@ class Worker:
         self._heartbeat = asyncio.create_task(self._heartbeats(), name=f"heartbeat {self.worker_id}")
 
     async def stop(self) -> None:
-        """Stop claiming, cancel running jobs and hand them back for the next worker."""
+        """Stop claiming, cancel running batches and hand their jobs back for the next worker."""
         self._stopping = True
-        self._wake.set()
+        held = self._held
         tasks = [t for t in (self._main, self._heartbeat) if t is not None]
-        held = list(self._running)
-        tasks.extend(self._running.values())
+        tasks.extend(self._batches)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -79,88 +87,86 @@ class Worker:
             logger.exception("Could not hand back %d job(s); their leases will run out instead", len(held))
         _LIVE_WORKER_IDS.discard(self.worker_id)
 
-    async def run_forever(self) -> None:
-        """Run until cancelled (the dedicated `privategpt worker` process)."""
-        await self.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
-
     async def _loop(self) -> None:
         settings = self.settings
         while not self._stopping:
             self._wake.clear()
-            free = settings.worker_concurrency - len(self._running)
             claimed: list[ClaimedJob] = []
-            if free > 0:
+            if len(self._batches) < settings.worker_concurrency:
                 try:
                     claimed = await queue.claim(
-                        self.database, self.worker_id, limit=free, lease_seconds=settings.worker_lease_seconds
+                        self.database,
+                        self.worker_id,
+                        limit=settings.worker_batch_size,
+                        lease_seconds=settings.worker_lease_seconds,
                     )
                 except Exception:
                     logger.exception("Claiming jobs failed; trying again shortly")
-            for job in claimed:
-                task = asyncio.create_task(self._run_one(job), name=f"job {job.id}")
-                self._running[job.id] = task
-                task.add_done_callback(functools.partial(self._done, job.id))
-            if claimed and len(claimed) == free:
-                continue  # there may be more waiting; the next round finds out once a slot frees up
+            if claimed:
+                task = asyncio.create_task(self._run_batch(claimed), name=f"jobs {claimed[0].id}..")
+                self._batches[task] = [job.id for job in claimed]
+                task.add_done_callback(self._done)
+                continue  # there may be more waiting; the next round finds out once a slot is free
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=settings.worker_poll_seconds)
 
-    def _done(self, job_id: int, _: asyncio.Task[None]) -> None:
-        self._running.pop(job_id, None)
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._batches.pop(task, None)
         self._wake.set()
 
-    async def _run_one(self, job: ClaimedJob) -> None:
-        handler = self.handlers.get(job.kind)
+    async def _run_batch(self, jobs: list[ClaimedJob]) -> None:
+        by_kind: dict[str, list[ClaimedJob]] = {}
+        for job in jobs:
+            by_kind.setdefault(job.kind, []).append(job)
+        for kind, group in by_kind.items():
+            await self._run_kind(kind, group)
+
+    async def _run_kind(self, kind: str, jobs: list[ClaimedJob]) -> None:
+        handler = self.handlers.get(kind)
+        limit = self.settings.worker_max_attempts
         try:
             if handler is None:
-                raise RuntimeError(f"no handler for job kind {job.kind!r}")
-            if job.attempts > self.settings.worker_max_attempts:
-                # Claimed this often without finishing: the job itself keeps killing its workers.
-                await handler.give_up(
-                    job, self.worker_id, f"Ingestion was abandoned after {job.attempts - 1} interrupted attempt(s)."
-                )
-                return
-            logger.info("Running job %s (%s of source %s, attempt %d)", job.id, job.kind, job.source_id, job.attempts)
-            await handler.run(job, self.worker_id)
+                raise RuntimeError(f"no handler for job kind {kind!r}")
+            # Claimed this often without finishing: the job itself keeps killing its workers.
+            exhausted = [job for job in jobs if job.attempts > limit]
+            if exhausted:
+                reason = f"Ingestion was abandoned after {limit} interrupted attempt(s)."
+                await handler.give_up(exhausted, reason)
+            runnable = [job for job in jobs if job.attempts <= limit]
+            for job in runnable:
+                logger.info("Running job %s (%s of source %s, attempt %d)", job.id, kind, job.source_id, job.attempts)
+            if runnable:
+                await handler.run(runnable)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.exception("Job %s (%s) failed on attempt %d", job.id, job.kind, job.attempts)
-            await self._after_failure(job, handler, exc)
+            logger.exception("%d %s job(s) failed", len(jobs), kind)
+            await self._after_failure(jobs, handler, exc)
 
-    async def _after_failure(self, job: ClaimedJob, handler: JobHandler | None, exc: Exception) -> None:
+    async def _after_failure(self, jobs: list[ClaimedJob], handler: JobHandler | None, exc: Exception) -> None:
+        limit = self.settings.worker_max_attempts
+        again = [job for job in jobs if job.attempts < limit or handler is None]
+        last = [job for job in jobs if job not in again]
         try:
-            if job.attempts < self.settings.worker_max_attempts or handler is None:
-                delay = min(60.0, 2.0**job.attempts)
-                await queue.retry_later(
-                    self.database, job, self.worker_id, delay_seconds=delay, error=type(exc).__name__
-                )
-            else:
-                await handler.give_up(
-                    job, self.worker_id, f"Ingestion was abandoned after {job.attempts} failed attempt(s)."
-                )
+            if again:
+                delay = min(60.0, 2.0 ** max(job.attempts for job in again))
+                await queue.retry_later(self.database, again, delay_seconds=delay, error=type(exc).__name__)
+            if last and handler is not None:
+                await handler.give_up(last, f"Ingestion was abandoned after {limit} failed attempt(s).")
         except Exception:
-            # The lease runs out and another claim retries (or abandons) the job.
-            logger.exception("Could not record the failure of job %s", job.id)
+            # The leases run out and a later claim retries (or abandons) the jobs.
+            logger.exception("Could not record the failure of %d job(s)", len(jobs))
 
     async def _heartbeats(self) -> None:
         lease = self.settings.worker_lease_seconds
         while True:
             await asyncio.sleep(lease / 3)
-            held = list(self._running)
+            held = self._held
             if not held:
                 continue
             try:
-                kept = await queue.heartbeat(self.database, self.worker_id, held, lease_seconds=lease)
+                # Jobs lost meanwhile (superseded, or taken over after a stall) simply stop being renewed:
+                # the final transaction of their batch skips them.
+                await queue.heartbeat(self.database, self.worker_id, held, lease_seconds=lease)
             except Exception:
                 logger.exception("Heartbeat failed; retrying")
-                continue
-            for job_id in set(held) - kept:
-                # Superseded or taken over: whatever this task would write is refused anyway; stop wasting work.
-                task = self._running.get(job_id)
-                if task is not None:
-                    task.cancel()

@@ -37,6 +37,7 @@ def upgrade() -> None:
             ["source_id"], ["sources.id"], name=op.f("fk_jobs_source_id_sources"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_jobs_source_id"), ["source_id"], unique=False)

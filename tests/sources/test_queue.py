@@ -1,0 +1,83 @@
+"""The job queue's claim rules, run directly on the real database (both backends).
+
+Over HTTP these races depend on timing; here each step is taken in order, so the rule is pinned
+deterministically: a superseded or re-claimed job can never be mistaken for the current claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from privategpt.db import Database
+from privategpt.migrate import upgrade_database
+from privategpt.models import Source, new_uuid
+from privategpt.worker import queue
+
+
+@pytest.fixture
+async def database(make_settings: Any) -> AsyncIterator[Database]:
+    db = Database(make_settings())
+    await upgrade_database(db.engine)
+    yield db
+    await db.dispose()
+
+
+async def _source_with_job(database: Database) -> str:
+    source_id = new_uuid()
+    async with database.session() as session:
+        session.add(Source(id=source_id, name="s", content="c", is_public=True, state="processing"))
+        await session.flush()
+        await queue.enqueue(session, queue.INGEST, source_id, wake=None, supersede=False)
+    return source_id
+
+
+async def test_a_superseded_claim_holds_nothing_even_if_ids_repeat(database: Database) -> None:
+    source_id = await _source_with_job(database)
+    [first] = await queue.claim(database, "w", limit=10, lease_seconds=30)
+    async with database.session() as session:
+        await queue.enqueue(session, queue.INGEST, source_id, wake=None)
+    [second] = await queue.claim(database, "w", limit=10, lease_seconds=30)
+    assert first.claim != second.claim
+    async with database.session() as session:
+        assert await queue.hold(session, [first]) == set()
+        assert await queue.hold(session, [second]) == {second.id}
+
+
+async def test_an_expired_lease_moves_the_job_to_the_next_claim(database: Database) -> None:
+    await _source_with_job(database)
+    [stalled] = await queue.claim(database, "w1", limit=10, lease_seconds=0.001)
+    assert await queue.claim(database, "w2", limit=10, lease_seconds=30) != []  # the lease ran out
+    async with database.session() as session:
+        assert await queue.hold(session, [stalled]) == set()
+    # The stalled worker's heartbeat no longer renews it either.
+    assert await queue.heartbeat(database, "w1", [stalled.id], lease_seconds=30) == set()
+
+
+async def test_retried_jobs_are_claimed_alone_and_fresh_ones_in_batches(database: Database) -> None:
+    for _ in range(3):
+        await _source_with_job(database)
+    first = await queue.claim(database, "w1", limit=2, lease_seconds=0.001)
+    assert [j.attempts for j in first] == [1, 1]
+    # Two jobs whose worker vanished: each comes back alone, before the fresh one.
+    assert [(j.id, j.attempts) for j in await queue.claim(database, "w2", limit=10, lease_seconds=30)] == [
+        (first[0].id, 2)
+    ]
+    assert [(j.id, j.attempts) for j in await queue.claim(database, "w2", limit=10, lease_seconds=30)] == [
+        (first[1].id, 2)
+    ]
+    [fresh] = await queue.claim(database, "w2", limit=10, lease_seconds=30)
+    assert fresh.attempts == 1 and fresh.id not in {j.id for j in first}
+
+
+async def test_a_workers_own_earlier_claim_of_the_same_row_holds_nothing(database: Database) -> None:
+    await _source_with_job(database)
+    [stale] = await queue.claim(database, "w", limit=10, lease_seconds=0.001)
+    # Same worker, same row, a new claim after the lease ran out: only the new claim may write.
+    [current] = await queue.claim(database, "w", limit=10, lease_seconds=30)
+    assert (current.id, current.attempts) == (stale.id, 2)
+    async with database.session() as session:
+        assert await queue.hold(session, [stale]) == set()
+        assert await queue.hold(session, [current]) == {current.id}

@@ -19,6 +19,7 @@ releases the lock and saves nothing, so the chat's history is exactly as before 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import AsyncGenerator, Sequence
@@ -49,6 +50,8 @@ NOT_FOUND = "Chat not found."
 BUSY = "This chat is still answering another question; ask again when it is done."
 TITLE_MAX = 100
 EXCERPT_CHARS = 300
+# Prompts over passages this long are built in a thread rather than on the event loop.
+_INLINE_PROMPT_CHARS = 50_000
 # `document_store`: chunks ranked to find the best `k` documents.
 _DOCUMENT_CANDIDATE_CHUNKS = 100
 
@@ -112,8 +115,8 @@ async def ask(
     stream: bool,
 ) -> AsyncGenerator[ChatEvent]:
     """Answer a question; when streaming, yields `Started` and the answer's pieces; always ends with `Answered`."""
-    # 1. The chat and its scenario.
     async with database.session(write=False) as session:
+        # 1. The chat and its scenario.
         if question.chat_id is None:
             chat = _new_chat_settings(caller, question)
             scenario = await scenarios.scenario_for_new_chat(session, question.scenario_id)
@@ -121,21 +124,28 @@ async def ask(
             chat = await _own_chat_settings(session, caller, question.chat_id)
             scenario = await scenarios.scenario_of_chat(session, chat.scenario_id)
 
-    # 2. Access, again on every question.
-    scope = access.retrieval_scope(caller, chat.groups, chat.use_public)
-    searched = not scope.is_empty and scenario.context_retriever_type != "none"
+        # 2. Access, again on every question.
+        scope = access.retrieval_scope(caller, chat.groups, chat.use_public)
+        searched = not scope.is_empty and scenario.context_retriever_type != "none"
 
-    # 3. The busy lock; a new chat is unknown to everyone until it is saved, so it needs none.
+        # A new chat is unknown to everyone until it is saved: it needs no lock and has no history, so its
+        # passages are read right here, in the same short transaction.
+        if chat.is_new:
+            candidates = await _retrieve(session, settings, scenario, scope, question.text) if searched else []
+
+    # 3. The busy lock of an existing chat.
     lock = None if chat.is_new else await ChatLock.acquire(database, chat.id, caller.user.id, settings)
     saved = False
     try:
-        # 4. History and passages.
-        async with database.session(write=False) as session:
-            history = await _history(session, caller, chat.id) if scenario.use_history and not chat.is_new else []
-            candidates = await _retrieve(session, settings, scenario, scope, question.text) if searched else []
+        # 4. History and passages, read after the lock is taken so that the previous answer is in.
+        history: list[Turn] = []
+        if not chat.is_new:
+            async with database.session(write=False) as session:
+                history = await _history(session, caller, chat.id) if scenario.use_history else []
+                candidates = await _retrieve(session, settings, scenario, scope, question.text) if searched else []
 
-        # 5. The prompt (in a thread: whole documents can make it a few milliseconds of CPU).
-        prompt = await asyncio.to_thread(
+        # 5. The prompt; whole documents make it CPU work worth a thread.
+        build = functools.partial(
             build_prompt,
             system_pre_prompt=scenario.system_pre_prompt,
             user_pre_prompt=scenario.user_pre_prompt,
@@ -147,6 +157,8 @@ async def ask(
             history=history,
             budget_tokens=settings.llm_context_tokens - settings.llm_max_tokens,
         )
+        big = sum(len(c.text) for c in candidates) > _INLINE_PROMPT_CHARS
+        prompt = await asyncio.to_thread(build) if big else build()
 
         # 6. The language model.
         sampling = sampling_for(scenario.creativity)
@@ -343,7 +355,6 @@ async def _save(
                     updated_at=now,
                 )
             )
-            await session.flush()
             position = 0
         else:
             assert lock is not None

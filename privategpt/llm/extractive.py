@@ -10,6 +10,7 @@ configured — and, when nothing matched, that there is nothing to quote.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 
@@ -40,10 +41,11 @@ class ExtractiveResponder:
     """`LanguageModel` that quotes the best-matching passages verbatim and cites them."""
 
     async def complete(self, prompt: Prompt, sampling: Sampling) -> str:
-        return "".join(self._pieces(prompt))
+        # Analysing whole documents is CPU work: off the event loop.
+        return "".join(await asyncio.to_thread(self._pieces, prompt))
 
     async def stream(self, prompt: Prompt, sampling: Sampling) -> AsyncIterator[str]:
-        for piece in self._pieces(prompt):
+        for piece in await asyncio.to_thread(self._pieces, prompt):
             yield piece
 
     async def aclose(self) -> None:

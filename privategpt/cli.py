@@ -8,6 +8,7 @@ import getpass
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
@@ -40,16 +41,21 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=settings.log_level,
-        access_log=False,
+    workers = args.workers or settings.workers
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": settings.log_level,
+        "access_log": False,
         # uvicorn would otherwise believe X-Forwarded-For from any local peer, letting a client pick the
         # address that login throttling counts; PGPT_TRUST_FORWARDED_FOR is the one switch for that.
-        proxy_headers=settings.trust_forwarded_for,
-    )
+        "proxy_headers": settings.trust_forwarded_for,
+    }
+    if workers > 1:
+        # Each worker process builds its app from the same PGPT_* environment.
+        uvicorn.run("privategpt.app:create_app", factory=True, workers=workers, **common)
+    else:
+        uvicorn.run(create_app(settings), **common)
     return 0
 
 
@@ -142,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="start the API server")
     serve.add_argument("--host", help="bind address (default PGPT_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default PGPT_PORT or 8001)")
+    serve.add_argument("--workers", type=int, help="server processes (default PGPT_WORKERS or 1)")
     serve.set_defaults(handler=_serve)
 
     db = commands.add_parser("db", help="database maintenance")

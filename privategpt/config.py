@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest accepted request body (413).")
     host: str = Field("127.0.0.1", description="Default bind address of `privategpt serve`.")
     port: int = Field(8001, ge=1, le=65535, description="Default port of `privategpt serve`.")
+    workers: int = Field(1, ge=1, le=64, description="Server processes started by `privategpt serve`.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     token_lifetime_seconds: int | None = Field(

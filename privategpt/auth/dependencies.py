@@ -17,11 +17,22 @@ from privategpt.context import AppContext, get_context
 from privategpt.errors import AppError, Forbidden
 
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_READ_ONLY_MARK = "x-read-only"
+# Declared on a route that reads although its method is not GET (`POST /search`): `openapi_extra=READ_ONLY`.
+# Its unit of work then opens a plain transaction, so on SQLite it does not queue behind every writer.
+READ_ONLY: dict[str, object] = {_READ_ONLY_MARK: True}
+
+
+def _writes(request: Request) -> bool:
+    if request.method in _READ_ONLY_METHODS:
+        return False
+    route = request.scope.get("route")
+    return not (getattr(route, "openapi_extra", None) or {}).get(_READ_ONLY_MARK, False)
 
 
 async def _unit_of_work(request: Request) -> AsyncIterator[AsyncSession]:
     context = get_context(request)
-    async with context.database.session_factory(write=request.method not in _READ_ONLY_METHODS)() as session:
+    async with context.database.session_factory(write=_writes(request))() as session:
         try:
             yield session
         except AppError as exc:

@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from privategpt import access
-from privategpt.auth.dependencies import Context, CurrentPrincipal, DbSession, DocumentsEditor
+from privategpt.auth.dependencies import READ_ONLY, Context, CurrentPrincipal, DbSession, DocumentsEditor
 from privategpt.context import client_address
 from privategpt.errors import envelope
 from privategpt.rag import retrieve
@@ -114,7 +114,12 @@ async def delete_source(
     return envelope([])
 
 
-@router.post("/search", response_model=Envelope[SearchResults], summary="Retrieve as a chat would (extension)")
+@router.post(
+    "/search",
+    response_model=Envelope[SearchResults],
+    summary="Retrieve as a chat would (extension)",
+    openapi_extra=READ_ONLY,
+)
 async def search(body: SearchRequest, session: DbSession, caller: CurrentPrincipal) -> dict[str, object]:
     scope = access.retrieval_scope(caller, body.groups, body.usePublic)
     chunks = await retrieve(await session.connection(), body.query, scope, body.k)

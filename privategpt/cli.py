@@ -141,6 +141,20 @@ def _worker_command(settings: Settings, args: argparse.Namespace) -> int:
     return run_worker_process(settings)
 
 
+def _eval_command(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from privategpt.rag.evaluation import run_evaluation
+
+    try:
+        result = run_evaluation(args.dataset_dir, args.database_url, language=args.language)
+    except FileNotFoundError as exc:
+        print(f"privategpt: not a BEIR data set: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.as_dict()) if args.json else result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privategpt", description="PrivateGPT API v1.5 server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run background ingestion jobs")
     worker.add_argument("--concurrency", type=int, help="jobs at once (default PGPT_WORKER_CONCURRENCY or 2)")
     worker.set_defaults(handler=_worker_command)
+
+    evaluate = commands.add_parser(
+        "eval", help="nDCG@10 and Recall@100 of the retrieval core on a BEIR-format data set"
+    )
+    evaluate.add_argument("dataset_dir", help="corpus.jsonl[.gz], queries[.test].jsonl, qrels/test.tsv")
+    evaluate.add_argument(
+        "--database-url", help="index into a fresh database on this PostgreSQL server (default: a temporary SQLite)"
+    )
+    evaluate.add_argument("--language", default="en", help="language of the analyser (default en)")
+    evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    evaluate.set_defaults(handler=_eval_command)
 
     user_parser = commands.add_parser("users", help="manage users")
     user_commands = user_parser.add_subparsers(dest="users_command", required=True)

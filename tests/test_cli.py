@@ -8,6 +8,7 @@ from PGPT_ADMIN_EMAIL/PASSWORD).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -381,3 +382,12 @@ def test_first_start_with_admin_settings_creates_that_admin(operator: Operator) 
         assert response.status_code == 429, response.text
     assert "configured-root-pass" not in server.stderr
     assert not GENERATED.search(server.stderr)
+
+
+def test_eval_reports_ndcg_and_recall_of_a_beir_directory(sqlite_operator: Operator) -> None:
+    golden = Path(__file__).parent / "rag" / "resources" / "golden"
+    figures = json.loads(sqlite_operator.ok("eval", str(golden), "--json"))
+    assert figures["ndcg_at_10"] == pytest.approx(1.0)
+    assert figures["recall_at_100"] == pytest.approx(1.0)
+    assert "nDCG@10 1.0000" in sqlite_operator.ok("eval", str(golden))
+    assert sqlite_operator.fails("eval", str(golden / "missing")).startswith("privategpt: not a BEIR data set:")

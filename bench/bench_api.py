@@ -4,8 +4,10 @@ Starts `privategpt serve` as a real server process (SQLite and/or PostgreSQL via
 user, then drives it with wrk (a C load generator, so the client costs little of this machine's CPU):
 
     apt-get install -y wrk
-    python bench/bench_api.py --databases sqlite,postgresql --connections 50 --duration 20
+    python bench/bench_api.py --databases sqlite,postgresql --connections 50 --duration 20 --think-ms 0,100
 
+Each client sends its next request as soon as the last one is answered (`think 0`: the server saturated, so
+latency = clients / throughput), or after a pause (`think 100`: 50 people each clicking ten times a second).
 Prints a Markdown table; results are recorded in docs/benchmarks.md.
 """
 
@@ -40,7 +42,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(database: str, workdir: Path) -> Iterator[str]:
+def server(database: str, workdir: Path, workers: int) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGPT_")}
     env.update(
         PGPT_DATA_DIR=str(workdir / "data"),
@@ -57,7 +59,7 @@ def server(database: str, workdir: Path) -> Iterator[str]:
         env["PGPT_DATABASE_URL"] = f"postgresql://postgres@/bench?host={workdir / 'pg'}"
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "privategpt.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "privategpt.cli", "serve", "--port", str(port), "--workers", str(workers)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -92,7 +94,12 @@ def seed(base: str) -> tuple[str, str]:
     email = "bench-user@example.com"
     api.post(
         "/users",
-        json={"name": "Bench", "email": email, "password": USER_PASSWORD, "groups": [f"group-{i:02d}" for i in range(5)]},
+        json={
+            "name": "Bench",
+            "email": email,
+            "password": USER_PASSWORD,
+            "groups": [f"group-{i:02d}" for i in range(5)],
+        },
         headers=auth,
     ).raise_for_status()
     token = api.post("/login", json={"email": email, "password": USER_PASSWORD}).json()["data"]["token"]
@@ -105,6 +112,14 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 def _ms(value: str) -> float:
     number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
     return float(number) * _UNITS[unit]
+
+
+def with_think_time(script: Path, think_ms: int) -> Path:
+    if think_ms <= 0:
+        return script
+    paced = script.with_name(f"{script.stem}-think{think_ms}.lua")
+    paced.write_text(script.read_text() + f"function delay()\n  return {think_ms}\nend\n")
+    return paced
 
 
 def wrk(url: str, connections: int, duration: int, script: Path) -> dict[str, float]:
@@ -127,14 +142,20 @@ def main() -> int:
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration", type=int, default=20)
+    parser.add_argument("--think-ms", default="0,100", help="pause of each client between requests, comma list")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (privategpt serve --workers)")
     args = parser.parse_args()
+    thinks = [int(t) for t in args.think_ms.split(",")]
     if shutil.which("wrk") is None:
         print("wrk is required: apt-get install -y wrk", file=sys.stderr)
         return 2
 
     rows = []
     for database in args.databases.split(","):
-        with tempfile.TemporaryDirectory(prefix="pgpt-bench-") as tmp, server(database, Path(tmp)) as base:
+        with (
+            tempfile.TemporaryDirectory(prefix="pgpt-bench-") as tmp,
+            server(database, Path(tmp), args.workers) as base,
+        ):
             email, token = seed(base)
             groups_script = Path(tmp) / "groups.lua"
             groups_script.write_text(f'wrk.method = "GET"\nwrk.headers["Authorization"] = "Bearer {token}"\n')
@@ -143,19 +164,24 @@ def main() -> int:
             login_script.write_text(
                 f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = "application/json"\n'
             )
-            for name, path, script in (
-                ("GET /groups", "/api/v1/groups", groups_script),
-                ("POST /login", "/api/v1/login", login_script),
-            ):
-                result = wrk(base + path, args.connections, args.duration, script)
-                rows.append((database, name, result))
-                print(f"{database:10} {name:12} {result}", file=sys.stderr, flush=True)
+            for think in thinks:
+                for name, path, script in (
+                    ("GET /groups", "/api/v1/groups", groups_script),
+                    ("POST /login", "/api/v1/login", login_script),
+                ):
+                    result = wrk(base + path, args.connections, args.duration, with_think_time(script, think))
+                    rows.append((database, name, think, result))
+                    print(f"{database:10} {name:12} think={think} {result}", file=sys.stderr, flush=True)
 
-    print(f"\n| database | endpoint | clients | req/s | p50 ms | p99 ms | non-2xx |\n|---|---|---|---|---|---|---|")
-    for database, name, r in rows:
+    print(
+        f"\nserver processes: {args.workers}\n\n"
+        "| database | endpoint | clients | think ms | req/s | p50 ms | p99 ms | non-2xx |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    for database, name, think, r in rows:
         print(
-            f"| {database} | {name} | {args.connections} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} "
-            f"| {r['non2xx']:.0f} |"
+            f"| {database} | {name} | {args.connections} | {think} | {r['rps']:.0f} | {r['p50']:.1f} "
+            f"| {r['p99']:.1f} | {r['non2xx']:.0f} |"
         )
     return 0
 

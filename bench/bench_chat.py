@@ -230,7 +230,7 @@ def _documents(n_sources: int) -> list[tuple[str, str, int]]:
                 words += len(sentence.split())
                 i += 1
             parts.append(f"## {titles[a]}\n\n{' '.join(body)}")
-        docs.append((parts[0][2:], "\n\n".join(parts), s % GROUPS))
+        docs.append((parts[0][2:][:200], "\n\n".join(parts), s % GROUPS))  # names are VARCHAR(255)
     return docs
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import ColumnElement, exists, or_, select, true
+from sqlalchemy import ColumnElement, and_, exists, false, or_, select, true
 
 from privategpt.auth.principal import Principal
 from privategpt.errors import Forbidden
@@ -38,6 +38,23 @@ def visible_sources_clause(principal: Principal) -> ColumnElement[bool]:
     if user.use_public:
         clauses.append(Source.is_public == true())
     return or_(*clauses)
+
+
+def retrieval_scope_clause(scope: RetrievalScope) -> ColumnElement[bool]:
+    """A WHERE clause on `Source` admitting exactly the searchable sources of a retrieval scope.
+
+    The SQL twin of the retrieval core's scope filter, for reads of whole documents (`document_store`).
+    """
+    in_scope: list[ColumnElement[bool]] = []
+    if scope.include_public:
+        in_scope.append(Source.is_public == true())
+    if scope.group_ids:
+        in_scope.append(
+            exists().where(SourceGroup.source_id == Source.id, SourceGroup.group_id.in_(sorted(scope.group_ids)))
+        )
+    if not in_scope:
+        return false()
+    return and_(Source.state == "vectorized", or_(*in_scope))
 
 
 def check_source_groups_writable(principal: Principal, group_ids: Iterable[int], *, is_public: bool) -> None:

@@ -28,7 +28,7 @@ from datetime import timedelta
 from typing import cast
 
 import anyio
-from sqlalchemy import ColumnElement, CursorResult, delete, func, or_, select, update
+from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from privategpt import access
@@ -39,7 +39,7 @@ from privategpt.config import Settings
 from privategpt.db import Database
 from privategpt.errors import Conflict, NotFound
 from privategpt.llm import LanguageModel, Prompt, sampling_for
-from privategpt.models import Chat, ChatMessage, Scenario, Source, SourceGroup, new_uuid, utcnow
+from privategpt.models import Chat, ChatMessage, Scenario, Source, new_uuid, utcnow
 from privategpt.rag import RetrievalScope, ScoredChunk, retrieve
 from privategpt.rag.retrieval import RetrievalMode
 from privategpt.scenarios import service as scenarios
@@ -270,27 +270,12 @@ async def _documents_in_scope(
     """Name and content (its first `max_chars`) of these sources, read again under the scope.
 
     Reading them again means a move or delete since retrieval applies at once.
-
-    INTEGRATION POINT: the same visibility rule as the retrieval core's (searchable state, public with
-    `include_public`, or linked to a group of the scope), written here because the core exposes no
-    whole-document read yet; move it there when it does.
     """
     if not ids:
         return {}
-    in_scope: list[ColumnElement[bool]] = []
-    if scope.include_public:
-        in_scope.append(Source.is_public.is_(True))
-    if scope.group_ids:
-        in_scope.append(
-            select(SourceGroup.source_id)
-            .where(SourceGroup.source_id == Source.id, SourceGroup.group_id.in_(sorted(scope.group_ids)))
-            .exists()
-        )
-    if not in_scope:
-        return {}
     rows = await session.execute(
         select(Source.id, Source.name, func.substr(Source.content, 1, max_chars).label("content")).where(
-            Source.id.in_(ids), Source.state == "vectorized", or_(*in_scope)
+            Source.id.in_(ids), access.retrieval_scope_clause(scope)
         )
     )
     return {row.id: (row.name, row.content) for row in rows}

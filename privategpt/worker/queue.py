@@ -30,6 +30,9 @@ from privategpt.db import Database
 from privategpt.models import Job, utcnow
 
 INGEST = "ingest"
+# Dense vectors of an indexed source: slow (a CPU model), so kept apart from `ingest` jobs, which must
+# never wait behind them (a source is searchable by BM25 as soon as its lexical index is written).
+EMBED = "embed"
 
 
 @dataclass(frozen=True)
@@ -82,17 +85,20 @@ async def enqueue(
     wake_after_commit(session, wake)
 
 
-async def claim(database: Database, worker_id: str, *, limit: int, lease_seconds: float) -> list[ClaimedJob]:
-    """Take runnable jobs (queued and due, or running with an expired lease), oldest first.
+async def claim(database: Database, worker_id: str, *, kind: str, limit: int, lease_seconds: float) -> list[ClaimedJob]:
+    """Take runnable jobs of one kind (queued and due, or running with an expired lease), oldest first.
 
     A job tried before (its worker crashed or it failed) is taken alone: if it is what kills workers, it
     must not take a batch of innocent jobs down with it again, nor charge them an attempt. Otherwise up
     to `limit` fresh jobs are taken together.
     """
     now = utcnow()
-    runnable = or_(
-        and_(Job.state == "queued", Job.run_after <= now),
-        and_(Job.state == "running", Job.locked_until < now),
+    runnable = and_(
+        Job.kind == kind,
+        or_(
+            and_(Job.state == "queued", Job.run_after <= now),
+            and_(Job.state == "running", Job.locked_until < now),
+        ),
     )
     # A plain read first: an idle worker polling must not take SQLite's write lock every time.
     async with database.session(write=False) as session:

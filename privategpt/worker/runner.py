@@ -40,10 +40,20 @@ class JobHandler(Protocol):
 class Worker:
     """Claims and runs jobs until stopped; `wake()` makes it look for new jobs at once."""
 
-    def __init__(self, database: Database, settings: Settings, handlers: dict[str, JobHandler]) -> None:
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        handlers: dict[str, JobHandler],
+        slots: dict[str, int] | None = None,
+    ) -> None:
+        """`handlers` in priority order (claimed first when several kinds wait); `slots` caps the batches of a
+        kind running at once (default `worker_concurrency`), so slow kinds never take every slot."""
         self.database = database
         self.settings = settings
         self.handlers = handlers
+        self.slots = {kind: (slots or {}).get(kind, settings.worker_concurrency) for kind in handlers}
+        self._running: dict[str, int] = dict.fromkeys(handlers, 0)
         self.worker_id = queue.new_worker_id()
         self._wake = asyncio.Event()
         # Batches in flight, and the jobs each holds (kept alive by the heartbeat, handed back on stop).
@@ -91,35 +101,40 @@ class Worker:
         settings = self.settings
         while not self._stopping:
             self._wake.clear()
-            claimed: list[ClaimedJob] = []
-            if len(self._batches) < settings.worker_concurrency:
+            started = False
+            for kind in self.handlers:
+                if self._running[kind] >= self.slots[kind]:
+                    continue
                 try:
                     claimed = await queue.claim(
                         self.database,
                         self.worker_id,
+                        kind=kind,
                         limit=settings.worker_batch_size,
                         lease_seconds=settings.worker_lease_seconds,
                     )
                 except Exception:
-                    logger.exception("Claiming jobs failed; trying again shortly")
-            if claimed:
-                task = asyncio.create_task(self._run_batch(claimed), name=f"jobs {claimed[0].id}..")
-                self._batches[task] = [job.id for job in claimed]
-                task.add_done_callback(self._done)
+                    logger.exception("Claiming %s jobs failed; trying again shortly", kind)
+                    continue
+                if claimed:
+                    self._start(kind, claimed)
+                    started = True
+            if started:
                 continue  # there may be more waiting; the next round finds out once a slot is free
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=settings.worker_poll_seconds)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._batches.pop(task, None)
-        self._wake.set()
+    def _start(self, kind: str, jobs: list[ClaimedJob]) -> None:
+        task = asyncio.create_task(self._run_kind(kind, jobs), name=f"{kind} jobs {jobs[0].id}..")
+        self._batches[task] = [job.id for job in jobs]
+        self._running[kind] += 1
 
-    async def _run_batch(self, jobs: list[ClaimedJob]) -> None:
-        by_kind: dict[str, list[ClaimedJob]] = {}
-        for job in jobs:
-            by_kind.setdefault(job.kind, []).append(job)
-        for kind, group in by_kind.items():
-            await self._run_kind(kind, group)
+        def done(task: asyncio.Task[None]) -> None:
+            self._batches.pop(task, None)
+            self._running[kind] -= 1
+            self._wake.set()
+
+        task.add_done_callback(done)
 
     async def _run_kind(self, kind: str, jobs: list[ClaimedJob]) -> None:
         handler = self.handlers.get(kind)

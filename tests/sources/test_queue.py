@@ -34,12 +34,22 @@ async def _source_with_job(database: Database) -> str:
     return source_id
 
 
+async def test_a_claim_takes_only_jobs_of_its_kind(database: Database) -> None:
+    source_id = await _source_with_job(database)
+    async with database.session() as session:
+        await queue.enqueue(session, queue.EMBED, source_id, wake=None, supersede=False)
+    [embed] = await queue.claim(database, "w", kind=queue.EMBED, limit=10, lease_seconds=30)
+    [ingest] = await queue.claim(database, "w", kind=queue.INGEST, limit=10, lease_seconds=30)
+    assert (embed.kind, ingest.kind) == (queue.EMBED, queue.INGEST)
+    assert await queue.claim(database, "w", kind=queue.EMBED, limit=10, lease_seconds=30) == []
+
+
 async def test_a_superseded_claim_holds_nothing_even_if_ids_repeat(database: Database) -> None:
     source_id = await _source_with_job(database)
-    [first] = await queue.claim(database, "w", limit=10, lease_seconds=30)
+    [first] = await queue.claim(database, "w", kind=queue.INGEST, limit=10, lease_seconds=30)
     async with database.session() as session:
         await queue.enqueue(session, queue.INGEST, source_id, wake=None)
-    [second] = await queue.claim(database, "w", limit=10, lease_seconds=30)
+    [second] = await queue.claim(database, "w", kind=queue.INGEST, limit=10, lease_seconds=30)
     assert first.claim != second.claim
     async with database.session() as session:
         assert await queue.hold(session, [first]) == set()
@@ -48,8 +58,8 @@ async def test_a_superseded_claim_holds_nothing_even_if_ids_repeat(database: Dat
 
 async def test_an_expired_lease_moves_the_job_to_the_next_claim(database: Database) -> None:
     await _source_with_job(database)
-    [stalled] = await queue.claim(database, "w1", limit=10, lease_seconds=0.001)
-    assert await queue.claim(database, "w2", limit=10, lease_seconds=30) != []  # the lease ran out
+    [stalled] = await queue.claim(database, "w1", kind=queue.INGEST, limit=10, lease_seconds=0.001)
+    assert await queue.claim(database, "w2", kind=queue.INGEST, limit=10, lease_seconds=30) != []  # the lease ran out
     async with database.session() as session:
         assert await queue.hold(session, [stalled]) == set()
     # The stalled worker's heartbeat no longer renews it either.
@@ -59,24 +69,21 @@ async def test_an_expired_lease_moves_the_job_to_the_next_claim(database: Databa
 async def test_retried_jobs_are_claimed_alone_and_fresh_ones_in_batches(database: Database) -> None:
     for _ in range(3):
         await _source_with_job(database)
-    first = await queue.claim(database, "w1", limit=2, lease_seconds=0.001)
+    first = await queue.claim(database, "w1", kind=queue.INGEST, limit=2, lease_seconds=0.001)
     assert [j.attempts for j in first] == [1, 1]
     # Two jobs whose worker vanished: each comes back alone, before the fresh one.
-    assert [(j.id, j.attempts) for j in await queue.claim(database, "w2", limit=10, lease_seconds=30)] == [
-        (first[0].id, 2)
-    ]
-    assert [(j.id, j.attempts) for j in await queue.claim(database, "w2", limit=10, lease_seconds=30)] == [
-        (first[1].id, 2)
-    ]
-    [fresh] = await queue.claim(database, "w2", limit=10, lease_seconds=30)
+    for stalled in first:
+        again = await queue.claim(database, "w2", kind=queue.INGEST, limit=10, lease_seconds=30)
+        assert [(j.id, j.attempts) for j in again] == [(stalled.id, 2)]
+    [fresh] = await queue.claim(database, "w2", kind=queue.INGEST, limit=10, lease_seconds=30)
     assert fresh.attempts == 1 and fresh.id not in {j.id for j in first}
 
 
 async def test_a_workers_own_earlier_claim_of_the_same_row_holds_nothing(database: Database) -> None:
     await _source_with_job(database)
-    [stale] = await queue.claim(database, "w", limit=10, lease_seconds=0.001)
+    [stale] = await queue.claim(database, "w", kind=queue.INGEST, limit=10, lease_seconds=0.001)
     # Same worker, same row, a new claim after the lease ran out: only the new claim may write.
-    [current] = await queue.claim(database, "w", limit=10, lease_seconds=30)
+    [current] = await queue.claim(database, "w", kind=queue.INGEST, limit=10, lease_seconds=30)
     assert (current.id, current.attempts) == (stale.id, 2)
     async with database.session() as session:
         assert await queue.hold(session, [stale]) == set()

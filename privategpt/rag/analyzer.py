@@ -3,8 +3,12 @@
 Pipeline per token: Unicode word tokenisation -> case folding -> elision/possessive handling ->
 stop-word removal -> Snowball stemming -> diacritic folding. Stemming runs before folding because
 the Snowball rules of many languages read the accents (French "é", German "ä"); folding afterwards
-makes "Munchen" and "München" meet. Scripts written without spaces (Chinese, Japanese, Thai) fall
-back to overlapping character bigrams until a real segmenter is plugged into `LanguageProfile`.
+makes "Munchen" and "München" meet. Scripts written without spaces go through a word segmenter chosen
+by script whatever the language (`privategpt.rag.languages`: jieba for Chinese, MeCab/UniDic for
+Japanese, pythainlp for Thai), so Chinese quoted in an English document is still split into words.
+
+`query_terms` reads a query in several languages at once (its detected language and the caller's),
+because a short query's language is often unclear while each chunk was analysed in its own.
 
 Analysis runs on every chunk at ingestion and on every query, so the result of each distinct token
 is cached: after warm-up a token costs one dict lookup.
@@ -22,7 +26,7 @@ from functools import cache
 
 import snowballstemmer  # type: ignore[import-untyped]
 
-from privategpt.rag import stopwords
+from privategpt.rag import languages, stopwords
 
 # Tokens longer than this are identifiers, hashes or base64; indexing them only bloats the vocabulary.
 MAX_TOKEN_CHARS = 64
@@ -44,6 +48,13 @@ _UNSPACED_RANGES = (
 def _is_unspaced(ch: str) -> bool:
     o = ord(ch)
     return any(lo <= o <= hi for lo, hi in _UNSPACED_RANGES) or 0x20000 <= o <= 0x2FA1F
+
+
+def _script(ch: str) -> int:
+    """0 for spaced scripts, 1 for Thai, 2 for Han and kana: runs of one class are segmented together."""
+    if not _is_unspaced(ch):
+        return 0
+    return 1 if 0x0E00 <= ord(ch) <= 0x0E7F else 2
 
 
 def _build_word_class() -> str:
@@ -98,11 +109,7 @@ def fold_diacritics(term: str) -> str:
     return unicodedata.normalize("NFC", "".join(out))
 
 
-def bigram_segmenter(run: str) -> list[str]:
-    """Overlapping character bigrams: the script-agnostic fallback for text without spaces."""
-    if len(run) < 2:
-        return [run]
-    return [run[i : i + 2] for i in range(len(run) - 1)]
+bigram_segmenter = languages.bigrams
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,8 @@ class LanguageProfile:
     elisions: frozenset[str] = frozenset()
     # English "patient's": the possessive is dropped rather than glued on.
     possessive_s: bool = False
-    segmenter: Callable[[str], list[str]] = field(default=bigram_segmenter)
+    # Splits a run of one unspaced script (Thai, or Han and kana) into words.
+    segmenter: Callable[[str], list[str]] = field(default=languages.segment)
 
 
 _SNOWBALL = {
@@ -145,6 +153,8 @@ def _profile(code: str) -> LanguageProfile:
         stop_words=frozenset(fold_diacritics(w) for w in stopwords.STOP_WORDS.get(base, ())),
         elisions=stopwords.ELISIONS.get(base, frozenset()),
         possessive_s=base == "en",
+        # Kanji-only runs are Japanese words in Japanese text (Chinese segmentation would split them).
+        segmenter=languages.segment_as_japanese if code == "ja" else languages.segment,
     )
 
 
@@ -194,20 +204,22 @@ class Analyzer:
     def _segment(self, token: str) -> Iterable[str]:
         """Split a token mixing scripts into runs; runs of unspaced scripts go through the segmenter."""
         run: list[str] = []
-        unspaced = False
+        script = 0
         for ch in token + " ":
-            flag = _is_unspaced(ch)
-            if run and (flag != unspaced or ch == " "):
+            flag = _script(ch)
+            if run and (flag != script or ch == " "):
                 piece = "".join(run)
-                if unspaced:
-                    yield from (fold_diacritics(t) for t in self.profile.segmenter(piece))
+                if script:
+                    for word in self.profile.segmenter(piece):
+                        if len(word) <= MAX_TOKEN_CHARS and (folded := fold_diacritics(word)):
+                            yield folded
                 else:
                     term = self._single(piece)
                     if term:
                         yield term
                 run = []
             run.append(ch)
-            unspaced = flag
+            script = flag
 
     def _single(self, token: str) -> str | None:
         if len(token) > MAX_TOKEN_CHARS:
@@ -249,3 +261,22 @@ def _analyzer_for(code: str) -> Analyzer:
 def get_analyzer(language: str = "en") -> Analyzer:
     """The shared analyser of a language (codes of CONTRACT section 9, case-insensitive)."""
     return _analyzer_for(normalize_language(language))
+
+
+def query_terms(query: str, language: str | None = None) -> Counter[str]:
+    """A query's terms read in its detected language and in `language` (the caller's), merged.
+
+    Each chunk was analysed in its own language, so a query should meet documents in the language it is
+    written in; but a short query's language is often unclear, and the caller's language is the best
+    guess then. A term both readings produce counts once, with its larger frequency: merging never
+    doubles a term's weight.
+    """
+    codes = [normalize_language(language)] if language is not None else []
+    detected = languages.detect_confident(query)
+    if detected is not None and detected not in codes:
+        codes.append(detected)
+    merged: Counter[str] = Counter()
+    for code in codes or ["en"]:
+        for term, tf in get_analyzer(code).term_frequencies(query).items():
+            merged[term] = max(merged[term], tf)
+    return merged

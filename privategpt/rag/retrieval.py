@@ -29,8 +29,9 @@ from typing import Literal
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from privategpt.rag.analyzer import get_analyzer, normalize_language
+from privategpt.rag.analyzer import get_analyzer, normalize_language, query_terms
 from privategpt.rag.chunking import ChunkingOptions, chunk_markdown, index_text
+from privategpt.rag.languages import assign_languages
 from privategpt.rag.store import (
     RECORD_SIZE,
     Candidate,
@@ -92,11 +93,16 @@ class ScoredChunk:
 def prepare_source(
     name: str, markdown: str, language: str = "en", options: ChunkingOptions | None = None
 ) -> PreparedSource:
-    """Chunk and analyse a document (CPU only; run it with asyncio.to_thread for large documents)."""
-    analyzer = get_analyzer(language)
+    """Chunk and analyse a document (CPU only; run it with asyncio.to_thread for large documents).
+
+    Each chunk is analysed in its detected language; `language` is assumed where nothing can be told.
+    """
+    default = normalize_language(language)
+    pieces = list(chunk_markdown(markdown, options))
+    chunk_languages = assign_languages([p.text for p in pieces], default)
     chunks = []
-    for chunk in chunk_markdown(markdown, options):
-        terms = analyzer.term_frequencies(index_text(name, chunk))
+    for chunk, chunk_language in zip(pieces, chunk_languages, strict=True):
+        terms = get_analyzer(chunk_language).term_frequencies(index_text(name, chunk))
         if not terms:
             continue
         chunks.append(
@@ -106,9 +112,11 @@ def prepare_source(
                 text=chunk.text,
                 length=sum(terms.values()),
                 terms=dict(terms),
+                language=chunk_language,
             )
         )
-    return PreparedSource(language=analyzer.language, chunks=tuple(chunks))
+    main = max(sorted(set(chunk_languages)), key=chunk_languages.count) if chunk_languages else default
+    return PreparedSource(language=main, chunks=tuple(chunks))
 
 
 async def index_prepared(
@@ -227,7 +235,7 @@ async def retrieve(
         raise ValueError(f"unsupported retrieval mode: {mode}")
     if k <= 0 or scope.is_empty:
         return []
-    query_tf = get_analyzer(normalize_language(language)).term_frequencies(query)
+    query_tf = query_terms(query, language)
     if not query_tf:
         return []
     store = store_for(conn)

@@ -58,6 +58,8 @@ class PreparedChunk:
     text: str
     length: int
     terms: dict[str, int]
+    # The language the chunk was analysed in; None: the source's.
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,9 @@ class _SqlStore:
         self, conn: AsyncConnection, items: Sequence[tuple[str, PreparedSource]], k1: float, b: float
     ) -> None:
         await self.delete(conn, [source_id for source_id, _ in items])
-        chunks = [(source_id, prepared.language, c) for source_id, prepared in items for c in prepared.chunks]
+        chunks = [
+            (source_id, c.language or prepared.language, c) for source_id, prepared in items for c in prepared.chunks
+        ]
         if not chunks:
             return
         # First write of the transaction on rag_stats (unless the delete's trigger already took it): that

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from privategpt.models import Base
 from privategpt.rag.schema import ddl_for
+from privategpt.rag.vector_schema import vector_ddl_for
 
 BACKENDS = [b.strip() for b in os.environ.get("TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
 RESOURCES = Path(__file__).parent / "resources"
@@ -39,10 +40,10 @@ def pg_socket_dir() -> Iterator[str]:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """The application's tables plus the retrieval index."""
+    """The application's tables plus the retrieval index and the vector store."""
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
-        for statement in ddl_for(conn.dialect.name):
+        for statement in [*ddl_for(conn.dialect.name), *vector_ddl_for(conn.dialect.name)]:
             await conn.exec_driver_sql(statement)
 
 

@@ -1,0 +1,687 @@
+"""Dense vectors next to the permissions: embedding models, vector writes and scoped nearest-neighbour search.
+
+Vectors are float32 and L2-normalised (`privategpt.embeddings.base`), so the inner product is the cosine
+similarity. Every search carries the caller's access scope (the same SQL as BM25, from
+`privategpt.rag.store`), and a caller who may see few chunks among many still gets their `k` best.
+
+SQLite: vectors are BLOBs; each process keeps one numpy matrix per searched model and brings it up to
+date before every query from `rag_vector_log` (triggers record every insert and delete of a vector, also
+those cascaded from a deleted or re-ingested source) past its watermark. Small scopes score only the
+visible chunks (their ids come from SQL, their vectors from the matrix); large scopes score the whole
+matrix and check the best candidates' visibility in SQL, widening the candidate set until `k` are found.
+
+PostgreSQL: pgvector. Small scopes are an exact scan inside the access join (`<#>`, the negative inner
+product); large scopes walk a per-model HNSW index (partial on the model, on the vector cast to the model's
+dimension) for `ef_search` neighbours, filter them by the scope, and fall back to the exact scan when
+fewer than `k` survive (pgvector 0.6 has no iterative scans), so a result is never short.
+
+See docs/retrieval.md ("Dense vectors") for the measurements behind the thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from privategpt.rag.store import PostgresStore, RetrievalScope, SqliteStore, _SqlStore
+
+__all__ = [
+    "ChunkToEmbed",
+    "EmbeddingModel",
+    "activate_model",
+    "chunks_missing_vectors",
+    "count_missing_vectors",
+    "list_models",
+    "register_model",
+    "search_dense",
+    "write_vectors",
+]
+
+ModelState = Literal["building", "active", "retired"]
+Matrix = npt.NDArray[np.float32]
+
+MAX_NAME_LENGTH = 255
+MAX_DIMENSION = 16_000
+# pgvector 0.6 indexes vectors of at most 2,000 dimensions with HNSW; larger models are searched exactly.
+MAX_HNSW_DIMENSION = 2000
+# Up to this many visible chunks, a search scores exactly the visible ones (both databases).
+SMALL_SCOPE = 4000
+# pgvector's largest ef_search; a scope so narrow that it would need more is a small scope anyway.
+MAX_EF_SEARCH = 1000
+MIN_EF_SEARCH = 40
+# The SQLite change log is pruned when it holds this many entries past the last prune point, down to
+# the most recent LOG_KEEP; a process whose watermark is older reloads its matrix from the table.
+LOG_PRUNE_AT = 1_000_000
+LOG_KEEP = 250_000
+# Candidates whose visibility the first round of a large-scope SQLite search checks (one SQL batch).
+MAX_FIRST_CANDIDATES = 4000
+_SQLITE_ROWS_PER_INSERT = 400
+_SQLITE_IDS_PER_QUERY = 4000
+_PG_ROWS_PER_INSERT = 2000
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """A (name, dimension) whose vectors are stored; at most one is `active` (searched)."""
+
+    id: int
+    name: str
+    dimension: int
+    state: ModelState
+
+
+@dataclass(frozen=True)
+class ChunkToEmbed:
+    """A chunk that has no vector yet for some model, with what its passage text is built from."""
+
+    chunk_id: int
+    source_id: str
+    source_name: str
+    heading_path: tuple[str, ...]
+    text: str
+
+
+# -- models -------------------------------------------------------------------------------------------
+
+
+def _model(row: Any) -> EmbeddingModel:
+    return EmbeddingModel(int(row[0]), str(row[1]), int(row[2]), cast(ModelState, str(row[3])))
+
+
+async def list_models(conn: AsyncConnection) -> list[EmbeddingModel]:
+    """Every registered model, oldest first."""
+    rows = await conn.execute(text("SELECT id, name, dimension, state FROM rag_embedding_models ORDER BY id"))
+    return [_model(r) for r in rows]
+
+
+async def get_model(conn: AsyncConnection, model_id: int) -> EmbeddingModel:
+    """The model with this id; ValueError when there is none."""
+    row = (
+        await conn.execute(
+            text("SELECT id, name, dimension, state FROM rag_embedding_models WHERE id = :id"), {"id": model_id}
+        )
+    ).first()
+    if row is None:
+        raise ValueError(f"unknown embedding model id {model_id}")
+    return _model(row)
+
+
+def _hnsw_index_name(model_id: int) -> str:
+    return f"ix_rag_vectors_hnsw_{int(model_id)}"
+
+
+async def _create_hnsw_index(conn: AsyncConnection, model: EmbeddingModel) -> None:
+    if conn.dialect.name != "postgresql" or model.dimension > MAX_HNSW_DIMENSION:
+        return
+    # One index per model: the column has no fixed dimension, so the index is on the vector cast to the
+    # model's dimension and partial on the model; queries must repeat this very expression to use it.
+    await conn.execute(
+        text(
+            f"CREATE INDEX IF NOT EXISTS {_hnsw_index_name(model.id)} ON rag_vectors USING hnsw "
+            f"((embedding::vector({int(model.dimension)})) vector_ip_ops) WHERE model_id = {int(model.id)}"
+        )
+    )
+
+
+async def register_model(conn: AsyncConnection, name: str, dimension: int) -> EmbeddingModel:
+    """Record a model; an existing (name, dimension) is returned as is, except that a retired one builds again.
+
+    A new model is `active` when no model is active yet, otherwise `building`: its vectors are written
+    beside the active model's until `activate_model` switches over.
+    """
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"an embedding model name must have 1 to {MAX_NAME_LENGTH} characters")
+    if isinstance(dimension, bool) or not isinstance(dimension, int) or not 0 < dimension <= MAX_DIMENSION:
+        raise ValueError(f"an embedding dimension must be an integer from 1 to {MAX_DIMENSION}, not {dimension!r}")
+    await conn.execute(
+        text(
+            "INSERT INTO rag_embedding_models (name, dimension, state) "
+            "SELECT CAST(:name AS VARCHAR(255)), CAST(:dim AS INTEGER), "
+            "CASE WHEN EXISTS (SELECT 1 FROM rag_embedding_models WHERE state = 'active') "
+            "THEN 'building' ELSE 'active' END "
+            "WHERE NOT EXISTS (SELECT 1 FROM rag_embedding_models "
+            "WHERE name = CAST(:name AS VARCHAR(255)) AND dimension = CAST(:dim AS INTEGER)) "
+            "ON CONFLICT (name, dimension) DO NOTHING"
+        ),
+        {"name": name, "dim": dimension},
+    )
+    row = (
+        await conn.execute(
+            text("SELECT id, name, dimension, state FROM rag_embedding_models WHERE name = :name AND dimension = :dim"),
+            {"name": name, "dim": dimension},
+        )
+    ).one()
+    model = _model(row)
+    if model.state == "retired":
+        await conn.execute(text("UPDATE rag_embedding_models SET state = 'building' WHERE id = :id"), {"id": model.id})
+        model = EmbeddingModel(model.id, model.name, model.dimension, "building")
+    await _create_hnsw_index(conn, model)
+    return model
+
+
+async def activate_model(conn: AsyncConnection, model_id: int) -> None:
+    """Make this model the searched one, in the caller's transaction: the previous one is retired and its
+    vectors deleted. Activating the active model does nothing."""
+    model = await get_model(conn, model_id)
+    if model.state == "active":
+        return
+    previous = [
+        int(r[0])
+        for r in await conn.execute(
+            text("UPDATE rag_embedding_models SET state = 'retired' WHERE state = 'active' RETURNING id")
+        )
+    ]
+    for old_id in previous:
+        await conn.execute(text("DELETE FROM rag_vectors WHERE model_id = :id"), {"id": old_id})
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text(f"DROP INDEX IF EXISTS {_hnsw_index_name(old_id)}"))
+    await conn.execute(text("UPDATE rag_embedding_models SET state = 'active' WHERE id = :id"), {"id": model_id})
+    await _create_hnsw_index(conn, EmbeddingModel(model.id, model.name, model.dimension, "active"))
+
+
+# -- chunks to embed ----------------------------------------------------------------------------------
+
+
+def _missing_sql(columns: str, source_ids: Sequence[str] | None, dialect: str) -> tuple[str, dict[str, Any]]:
+    params: dict[str, Any] = {}
+    where = "NOT EXISTS (SELECT 1 FROM rag_vectors v WHERE v.model_id = :model AND v.chunk_id = c.id)"
+    if source_ids is not None:
+        params["sources"] = list(source_ids)
+        where += " AND " + ("c.source_id IN :sources" if dialect == "sqlite" else "c.source_id = ANY(:sources)")
+    return f"SELECT {columns} FROM rag_chunks c JOIN sources s ON s.id = c.source_id WHERE {where}", params
+
+
+def _bind(conn: AsyncConnection, sql: str, params: dict[str, Any]) -> Any:
+    store = _sql_store(conn)
+    return store._bind(sql, *(name for name, value in params.items() if isinstance(value, list)))
+
+
+async def chunks_missing_vectors(
+    conn: AsyncConnection, model_id: int, *, source_ids: Sequence[str] | None = None, limit: int = 256
+) -> list[ChunkToEmbed]:
+    """Up to `limit` chunks (of these sources, or of all) that have no vector for the model, in chunk order."""
+    if source_ids is not None and not source_ids:
+        return []
+    sql, params = _missing_sql("c.id, c.source_id, s.name, c.heading_path, c.text", source_ids, conn.dialect.name)
+    params.update(model=model_id, limit=max(0, int(limit)))
+    rows = await conn.execute(_bind(conn, sql + " ORDER BY c.id LIMIT :limit", params), params)
+    return [ChunkToEmbed(int(r[0]), str(r[1]), str(r[2]), tuple(json.loads(r[3])), str(r[4])) for r in rows]
+
+
+async def count_missing_vectors(conn: AsyncConnection, model_id: int, source_ids: Sequence[str] | None = None) -> int:
+    """Number of chunks (of these sources, or of all) that have no vector for the model."""
+    if source_ids is not None and not source_ids:
+        return 0
+    sql, params = _missing_sql("count(*)", source_ids, conn.dialect.name)
+    params["model"] = model_id
+    return int((await conn.execute(_bind(conn, sql, params), params)).scalar_one())
+
+
+# -- writing ------------------------------------------------------------------------------------------
+
+
+def _normalised(vector: Any, dimension: int) -> Matrix:
+    array = np.asarray(vector, dtype=np.float32)
+    if array.ndim != 1 or array.shape[0] != dimension:
+        raise ValueError(f"a vector of this model must have shape ({dimension},), not {array.shape}")
+    norm = float(np.linalg.norm(array))
+    if not math.isfinite(norm) or norm == 0.0:
+        raise ValueError("a vector must be finite and non-zero")
+    return cast(Matrix, array / np.float32(norm))
+
+
+def _pg_literal(vector: Matrix) -> str:
+    # Python's shortest repr of each float32 value reads back as the same float32.
+    return "[" + ",".join(map(repr, vector.tolist())) + "]"
+
+
+async def write_vectors(conn: AsyncConnection, model_id: int, rows: Sequence[tuple[int, npt.ArrayLike]]) -> int:
+    """Store (chunk id, vector) rows for a model (replacing earlier vectors of the same chunks).
+
+    Chunks that no longer exist (their source was re-ingested or deleted while embedding ran) are
+    skipped; a vector of the wrong dimension is a ValueError. Returns the number of rows written.
+    """
+    model = await get_model(conn, model_id)
+    if model.state == "retired":
+        raise ValueError(f"embedding model {model.name!r} is retired; register it again to build its vectors")
+    latest: dict[int, Matrix] = {}
+    for chunk_id, vector in rows:
+        latest[int(chunk_id)] = _normalised(vector, model.dimension)
+    if not latest:
+        return 0
+    items = sorted(latest.items())
+    if conn.dialect.name == "sqlite":
+        return await _write_sqlite(conn, model_id, items)
+    return await _write_postgres(conn, model_id, items)
+
+
+async def _write_sqlite(conn: AsyncConnection, model_id: int, items: list[tuple[int, Matrix]]) -> int:
+    written = 0
+    for start in range(0, len(items), _SQLITE_ROWS_PER_INSERT):
+        batch = items[start : start + _SQLITE_ROWS_PER_INSERT]
+        values = ", ".join(["(?, ?)"] * len(batch))
+        params: list[Any] = []
+        for chunk_id, vector in batch:
+            params += [chunk_id, vector.tobytes()]
+        # One statement checks existence and inserts, so a chunk deleted by another process meanwhile
+        # is skipped rather than failing the foreign key. `WHERE true` keeps the ON CONFLICT clause
+        # from being parsed as the join's constraint.
+        result = await conn.exec_driver_sql(
+            "INSERT INTO rag_vectors (model_id, chunk_id, vector) "
+            f"SELECT {int(model_id)}, x.column1, x.column2 FROM (VALUES {values}) AS x "
+            "JOIN rag_chunks c ON c.id = x.column1 WHERE true "
+            "ON CONFLICT (model_id, chunk_id) DO UPDATE SET vector = excluded.vector RETURNING chunk_id",
+            tuple(params),
+        )
+        written += len(result.all())
+    await _prune_log(conn)
+    return written
+
+
+async def _prune_log(conn: AsyncConnection) -> None:
+    row = (
+        await conn.execute(
+            text("SELECT (SELECT max(id) FROM rag_vector_log), pruned_through FROM rag_vector_log_state WHERE id = 1")
+        )
+    ).one()
+    newest, pruned = int(row[0] or 0), int(row[1])
+    if newest - pruned < LOG_PRUNE_AT:
+        return
+    through = newest - LOG_KEEP
+    await conn.execute(text("DELETE FROM rag_vector_log WHERE id <= :t"), {"t": through})
+    await conn.execute(text("UPDATE rag_vector_log_state SET pruned_through = :t WHERE id = 1"), {"t": through})
+
+
+async def _write_postgres(conn: AsyncConnection, model_id: int, items: list[tuple[int, Matrix]]) -> int:
+    written = 0
+    for start in range(0, len(items), _PG_ROWS_PER_INSERT):
+        batch = items[start : start + _PG_ROWS_PER_INSERT]
+        # KEY SHARE locks keep the chunks from being deleted until this transaction ends; a chunk whose
+        # delete committed while we waited for its lock is no longer returned, and is skipped.
+        existing = {
+            int(r[0])
+            for r in await conn.execute(
+                text("SELECT id FROM rag_chunks WHERE id = ANY(:ids) ORDER BY id FOR KEY SHARE"),
+                {"ids": [c for c, _ in batch]},
+            )
+        }
+        kept = [(c, v) for c, v in batch if c in existing]
+        if not kept:
+            continue
+        await conn.execute(
+            text(
+                "INSERT INTO rag_vectors (model_id, chunk_id, embedding) "
+                "SELECT :model, u.c, CAST(u.v AS vector) FROM unnest(CAST(:c AS integer[]), CAST(:v AS text[])) "
+                "AS u(c, v) ON CONFLICT (model_id, chunk_id) DO UPDATE SET embedding = EXCLUDED.embedding"
+            ),
+            {"model": model_id, "c": [c for c, _ in kept], "v": [_pg_literal(v) for _, v in kept]},
+        )
+        written += len(kept)
+    return written
+
+
+# -- searching ----------------------------------------------------------------------------------------
+
+
+# The access rule's SQL is the BM25 store's, so dense and sparse search can never disagree on what a
+# caller may see.
+_SQL: dict[str, _SqlStore] = {"sqlite": SqliteStore(), "postgresql": PostgresStore()}
+
+
+def _sql_store(conn: AsyncConnection) -> _SqlStore:
+    try:
+        return _SQL[conn.dialect.name]
+    except KeyError:
+        raise ValueError(f"unsupported database dialect: {conn.dialect.name}") from None
+
+
+async def _count_visible(conn: AsyncConnection, scope: RetrievalScope, cap: int) -> int:
+    return await _sql_store(conn).count_visible(conn, scope, cap)
+
+
+async def _visible_chunk_ids(conn: AsyncConnection, scope: RetrievalScope) -> list[int]:
+    store = _sql_store(conn)
+    sql = (
+        f"WITH vs AS ({store._visible_sources(scope)}) "
+        "SELECT c.id FROM vs CROSS JOIN sources s CROSS JOIN rag_chunks c "
+        "WHERE s.id = vs.id AND c.source_id = s.id AND s.state = 'vectorized'"
+    )
+    params = store._scope_params(scope)
+    return [int(r[0]) for r in await conn.execute(store._bind(sql, *params), params)]
+
+
+async def _visible_among(conn: AsyncConnection, scope: RetrievalScope, chunk_ids: Sequence[int]) -> set[int]:
+    store = _sql_store(conn)
+    visible: set[int] = set()
+    for start in range(0, len(chunk_ids), _SQLITE_IDS_PER_QUERY):
+        batch = list(chunk_ids[start : start + _SQLITE_IDS_PER_QUERY])
+        sql = (
+            "SELECT c.id FROM rag_chunks c CROSS JOIN sources s "
+            f"WHERE {store._in('c.id', 'chunks')} AND s.id = c.source_id AND {store._visible(scope)}"
+        )
+        params = {**store._scope_params(scope), "chunks": batch}
+        visible.update(int(r[0]) for r in await conn.execute(store._bind(sql, *params), params))
+    return visible
+
+
+def _check_query(query: npt.ArrayLike, dimension: int) -> Matrix:
+    try:
+        return _normalised(query, dimension)
+    except ValueError as exc:
+        raise ValueError(f"invalid query vector: {exc}") from None
+
+
+def _best(ids: npt.NDArray[np.int64], scores: Matrix, k: int) -> list[tuple[int, float]]:
+    order = np.lexsort((ids, -scores))[:k]
+    return [(int(ids[i]), float(scores[i])) for i in order]
+
+
+async def search_dense(
+    conn: AsyncConnection,
+    model_id: int,
+    query: npt.ArrayLike,
+    scope: RetrievalScope,
+    k: int,
+    *,
+    small_scope: int = SMALL_SCOPE,
+) -> list[tuple[int, float]]:
+    """The `k` chunks in scope most similar to the query: (chunk id, cosine similarity), best first, ties
+    by chunk id. Fewer than `k` only when fewer chunks in scope have a vector of this model.
+
+    Scopes of up to `small_scope` visible chunks are scored exhaustively (tests lower it to reach the
+    large-scope paths on small corpora)."""
+    model = await get_model(conn, model_id)
+    q = _check_query(query, model.dimension)
+    if model.state == "retired":
+        with _INDEXES_LOCK:
+            _INDEXES.pop((_database_key(conn), model.id), None)
+        return []
+    if k <= 0 or scope.is_empty:
+        return []
+    if conn.dialect.name == "sqlite":
+        return await _search_sqlite(conn, model, q, scope, k, small_scope)
+    return await _search_postgres(conn, model, q, scope, k, small_scope)
+
+
+# -- SQLite: the in-process index ----------------------------------------------------------------------
+
+
+class _DenseIndex:
+    """One model's vectors in this process: a matrix with a row per chunk, kept current from the log."""
+
+    def __init__(self, instance: str, dimension: int) -> None:
+        self.instance = instance
+        self.dimension = dimension
+        self.watermark = -1
+        self.lock = threading.Lock()
+        self.matrix: Matrix = np.zeros((0, dimension), dtype=np.float32)
+        self.ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.size = 0
+        self.rows: dict[int, int] = {}
+        self.free: list[int] = []
+
+    def _reserve(self, extra: int) -> None:
+        needed = self.size + extra
+        if needed <= self.matrix.shape[0]:
+            return
+        capacity = max(needed, int(self.matrix.shape[0] * 1.25) + 1024)
+        matrix = np.zeros((capacity, self.dimension), dtype=np.float32)
+        matrix[: self.size] = self.matrix[: self.size]
+        ids = np.full(capacity, -1, dtype=np.int64)
+        ids[: self.size] = self.ids[: self.size]
+        self.matrix, self.ids = matrix, ids
+
+    def apply(self, changes: Sequence[tuple[int, bytes | None]]) -> None:
+        """Set each chunk's vector (None: the chunk has none any more)."""
+        new = [c for c, blob in changes if blob is not None and c not in self.rows]
+        self._reserve(max(0, len(new) - len(self.free)))
+        for chunk_id, blob in changes:
+            row = self.rows.get(chunk_id)
+            if blob is None:
+                if row is not None:
+                    del self.rows[chunk_id]
+                    self.ids[row] = -1
+                    self.matrix[row] = 0.0
+                    self.free.append(row)
+                continue
+            if len(blob) != 4 * self.dimension:
+                continue
+            if row is None:
+                if self.free:
+                    row = self.free.pop()
+                else:
+                    row = self.size
+                    self.size += 1
+                self.rows[chunk_id] = row
+                self.ids[row] = chunk_id
+            self.matrix[row] = np.frombuffer(blob, dtype=np.float32)
+        if len(self.free) > 1024 and len(self.free) > self.size // 4:
+            self._compact()
+
+    def _compact(self) -> None:
+        live = np.flatnonzero(self.ids[: self.size] >= 0)
+        self.matrix = np.ascontiguousarray(self.matrix[live])
+        self.ids = self.ids[live].copy()
+        self.size = len(live)
+        self.rows = {int(c): i for i, c in enumerate(self.ids)}
+        self.free = []
+
+
+_INDEXES: dict[tuple[str, int], _DenseIndex] = {}
+_INDEXES_LOCK = threading.Lock()
+
+
+def _database_key(conn: AsyncConnection) -> str:
+    return conn.engine.url.render_as_string(hide_password=True)
+
+
+async def _current_index(conn: AsyncConnection, model: EmbeddingModel) -> _DenseIndex:
+    """This process's index of the model, brought up to the database's latest committed state."""
+    state = (
+        await conn.execute(
+            text(
+                "SELECT (SELECT max(id) FROM rag_vector_log), instance, pruned_through "
+                "FROM rag_vector_log_state WHERE id = 1"
+            )
+        )
+    ).one()
+    newest, instance, pruned = int(state[0] or 0), str(state[1]), int(state[2])
+    database = _database_key(conn)
+    key = (database, model.id)
+    with _INDEXES_LOCK:
+        index = _INDEXES.get(key)
+        if index is None or index.instance != instance or index.dimension != model.dimension:
+            index = _INDEXES[key] = _DenseIndex(instance, model.dimension)
+    if index.watermark >= newest and index.watermark >= 0:
+        return index
+    if index.watermark < pruned or index.watermark < 0 or index.watermark > newest:
+        # First use, or the log no longer reaches back to our watermark (or the database was replaced):
+        # load the model's vectors whole. The watermark is read before the vectors, so anything that
+        # commits in between is also in the log past it and applied again (idempotent) next time.
+        rows = await conn.execute(text("SELECT chunk_id, vector FROM rag_vectors WHERE model_id = :m"), {"m": model.id})
+        changes: list[tuple[int, bytes | None]] = [(int(c), bytes(v)) for c, v in rows]
+        fresh = _DenseIndex(instance, model.dimension)
+        fresh.apply(changes)
+        fresh.watermark = newest
+        with _INDEXES_LOCK:
+            _INDEXES[key] = fresh
+            _evict_others(database, instance, await _live_models(conn))
+        return fresh
+    start = index.watermark
+    # The current state of every chunk the log mentions past the watermark, not a replay of the log:
+    # applying it is idempotent, whatever another connection of this process applied meanwhile.
+    rows = await conn.execute(
+        text(
+            "SELECT l.chunk_id, v.vector FROM (SELECT DISTINCT chunk_id FROM rag_vector_log "
+            "WHERE model_id = :m AND id > :lo AND id <= :hi) AS l "
+            "LEFT JOIN rag_vectors v ON v.model_id = :m AND v.chunk_id = l.chunk_id"
+        ),
+        {"m": model.id, "lo": start, "hi": newest},
+    )
+    changes = [(int(c), None if v is None else bytes(v)) for c, v in rows]
+    with index.lock:
+        if index.watermark < newest:
+            index.apply(changes)
+            index.watermark = newest
+    return index
+
+
+async def _live_models(conn: AsyncConnection) -> set[int]:
+    rows = await conn.execute(text("SELECT id FROM rag_embedding_models WHERE state <> 'retired'"))
+    return {int(r[0]) for r in rows}
+
+
+def _evict_others(database: str, instance: str, live: set[int]) -> None:
+    """Drop this database's indexes of retired or deleted models (their memory is the bulk of the process's)."""
+    for key, index in list(_INDEXES.items()):
+        if key[0] == database and (key[1] not in live or index.instance != instance):
+            del _INDEXES[key]
+
+
+async def _search_sqlite(
+    conn: AsyncConnection, model: EmbeddingModel, q: Matrix, scope: RetrievalScope, k: int, small_scope: int
+) -> list[tuple[int, float]]:
+    index = await _current_index(conn, model)
+    if await _count_visible(conn, scope, small_scope) <= small_scope:
+        return await _search_sqlite_small(conn, index, model, q, scope, k)
+    return await _search_sqlite_large(conn, index, q, scope, k, small_scope)
+
+
+async def _search_sqlite_small(
+    conn: AsyncConnection, index: _DenseIndex, model: EmbeddingModel, q: Matrix, scope: RetrievalScope, k: int
+) -> list[tuple[int, float]]:
+    visible = await _visible_chunk_ids(conn, scope)
+    with index.lock:
+        rows = [index.rows.get(c) for c in visible]
+        found = [(c, r) for c, r in zip(visible, rows, strict=True) if r is not None]
+        ids = np.array([c for c, _ in found], dtype=np.int64)
+        scores = index.matrix[[r for _, r in found]] @ q if found else np.zeros(0, dtype=np.float32)
+    unknown = [c for c, r in zip(visible, rows, strict=True) if r is None]
+    if unknown:
+        # Written after this process last read the log (or a chunk without a vector): read them here.
+        extra_ids, extra_scores = await _score_from_table(conn, model, q, unknown)
+        ids = np.concatenate([ids, extra_ids])
+        scores = np.concatenate([scores, extra_scores])
+    return _best(ids, scores.astype(np.float32), k)
+
+
+async def _score_from_table(
+    conn: AsyncConnection, model: EmbeddingModel, q: Matrix, chunk_ids: Sequence[int]
+) -> tuple[npt.NDArray[np.int64], Matrix]:
+    store = _sql_store(conn)
+    found: list[tuple[int, bytes]] = []
+    for start in range(0, len(chunk_ids), _SQLITE_IDS_PER_QUERY):
+        params = {"m": model.id, "chunks": list(chunk_ids[start : start + _SQLITE_IDS_PER_QUERY])}
+        sql = f"SELECT chunk_id, vector FROM rag_vectors WHERE model_id = :m AND {store._in('chunk_id', 'chunks')}"
+        found += [(int(c), bytes(v)) for c, v in await conn.execute(store._bind(sql, "chunks"), params)]
+    found = [(c, v) for c, v in found if len(v) == 4 * model.dimension]
+    if not found:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    matrix = np.frombuffer(b"".join(v for _, v in found), dtype=np.float32).reshape(len(found), model.dimension)
+    return np.array([c for c, _ in found], dtype=np.int64), cast(Matrix, matrix @ q)
+
+
+async def _search_sqlite_large(
+    conn: AsyncConnection, index: _DenseIndex, q: Matrix, scope: RetrievalScope, k: int, small_scope: int
+) -> list[tuple[int, float]]:
+    with index.lock:
+        live = index.ids[: index.size] >= 0
+        ids = index.ids[: index.size][live]
+        scores = (index.matrix[: index.size] @ q)[live]
+    n = len(ids)
+    if n == 0:
+        return []
+    # More than `small_scope` chunks are visible, so at least this share of all; ask for twice what that
+    # share would need (at most one SQL batch), then widen fourfold each round. All ties with the last
+    # candidate are included, so every chunk not yet checked scores strictly below every checked one.
+    want = min(n, MAX_FIRST_CANDIDATES, max(4 * k, math.ceil(2 * k * n / max(1, small_scope))))
+    checked_above = math.inf
+    found_ids: list[int] = []
+    found_scores: list[float] = []
+    while True:
+        threshold = float(np.partition(scores, n - want)[n - want]) if want < n else -math.inf
+        band = (scores >= threshold) & (scores < checked_above)
+        band_ids = ids[band]
+        band_scores = scores[band]
+        visible = await _visible_among(conn, scope, band_ids.tolist())
+        for chunk_id, score in zip(band_ids.tolist(), band_scores.tolist(), strict=True):
+            if chunk_id in visible:
+                found_ids.append(chunk_id)
+                found_scores.append(score)
+        if len(found_ids) >= k or want >= n:
+            break
+        checked_above = threshold
+        want = min(n, want * 4)
+    return _best(np.array(found_ids, dtype=np.int64), np.array(found_scores, dtype=np.float32), k)
+
+
+# -- PostgreSQL: pgvector ------------------------------------------------------------------------------
+
+
+async def _search_postgres(
+    conn: AsyncConnection, model: EmbeddingModel, q: Matrix, scope: RetrievalScope, k: int, small_scope: int
+) -> list[tuple[int, float]]:
+    literal = _pg_literal(q)
+    visible = await _count_visible(conn, scope, small_scope)
+    if visible > small_scope and model.dimension <= MAX_HNSW_DIMENSION:
+        total = int(
+            (
+                await conn.execute(
+                    text("SELECT count(*) FROM rag_vectors WHERE model_id = :m"),
+                    {"m": model.id},
+                )
+            ).scalar_one()
+        )
+        # `visible` is counted only up to small_scope + 1: the share it implies is a lower bound, so ef is
+        # generous; a scope narrower than ef covers falls back to the exact scan below.
+        ef = min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 4 * k, math.ceil(2 * k * total / visible)))
+        result = await _search_postgres_hnsw(conn, model, literal, scope, k, ef)
+        if len(result) >= k:
+            return result
+    return await _search_postgres_exact(conn, model, literal, scope, k)
+
+
+async def _search_postgres_exact(
+    conn: AsyncConnection, model: EmbeddingModel, literal: str, scope: RetrievalScope, k: int
+) -> list[tuple[int, float]]:
+    store = _sql_store(conn)
+    # The untyped cast keeps the planner off the HNSW index: this scan is exact.
+    sql = (
+        f"WITH vs AS ({store._visible_sources(scope)}), "
+        "d AS (SELECT v.chunk_id, v.embedding <#> CAST(:q AS vector) AS distance "
+        "FROM vs JOIN sources s ON s.id = vs.id JOIN rag_chunks c ON c.source_id = s.id "
+        "JOIN rag_vectors v ON v.model_id = :m AND v.chunk_id = c.id WHERE s.state = 'vectorized') "
+        "SELECT chunk_id, distance FROM d ORDER BY distance, chunk_id LIMIT :k"
+    )
+    params = {**store._scope_params(scope), "q": literal, "m": model.id, "k": k}
+    rows = await conn.execute(text(sql), params)
+    return [(int(c), -float(d)) for c, d in rows]
+
+
+async def _search_postgres_hnsw(
+    conn: AsyncConnection, model: EmbeddingModel, literal: str, scope: RetrievalScope, k: int, ef: int
+) -> list[tuple[int, float]]:
+    store = _sql_store(conn)
+    dim = int(model.dimension)
+    await conn.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef)})
+    sql = (
+        "WITH n AS MATERIALIZED (SELECT chunk_id, "
+        f"(embedding::vector({dim})) <#> CAST(:q AS vector({dim})) AS distance FROM rag_vectors "
+        f"WHERE model_id = {int(model.id)} ORDER BY (embedding::vector({dim})) <#> CAST(:q AS vector({dim})) "
+        "LIMIT :ef) "
+        "SELECT n.chunk_id, n.distance FROM n JOIN rag_chunks c ON c.id = n.chunk_id "
+        f"JOIN sources s ON s.id = c.source_id WHERE {store._visible(scope)} "
+        "ORDER BY n.distance, n.chunk_id LIMIT :k"
+    )
+    params = {**store._scope_params(scope), "q": literal, "ef": ef, "k": k}
+    rows = await conn.execute(text(sql), params)
+    return [(int(c), -float(d)) for c, d in rows]

@@ -22,6 +22,7 @@ from privategpt.llm import build_language_model
 from privategpt.middleware import BodyMiddleware
 from privategpt.migrate import upgrade_database
 from privategpt.schemas import Envelope
+from privategpt.sources.embedding import start_dense_retrieval
 from privategpt.worker.handlers import build_worker
 
 logger = logging.getLogger(__name__)
@@ -40,14 +41,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(settings)
         app.state.llm = build_language_model(settings)
+        dense = None
         try:
             await upgrade_database(database.engine)
-            context = AppContext(settings=settings, database=database, passwords=Passwords(settings))
+            dense = await start_dense_retrieval(database, settings)
+            context = AppContext(settings=settings, database=database, passwords=Passwords(settings), dense=dense)
             await ensure_admin(context)
             app.state.context = context
             app.state.worker = None
             if settings.embedded_worker:
-                app.state.worker = build_worker(database, settings)
+                app.state.worker = build_worker(database, settings, dense)
                 await app.state.worker.start()
             try:
                 yield
@@ -56,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await app.state.worker.stop()
         finally:
             await app.state.llm.aclose()
+            if dense is not None:
+                await dense.embedder.aclose()
             await database.dispose()
 
     app = FastAPI(

@@ -8,6 +8,7 @@ import getpass
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -144,14 +145,35 @@ def _worker_command(settings: Settings, args: argparse.Namespace) -> int:
 def _eval_command(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
-    from privategpt.rag.evaluation import run_evaluation
+    from privategpt.embeddings import build_embedder
+    from privategpt.rag.embedding_cache import EmbeddingCache
+    from privategpt.rag.evaluation import results_table, run_evaluation
+    from privategpt.rag.hybrid import MODES, RetrievalMode
 
+    modes: list[RetrievalMode] = list(MODES) if args.mode == "all" else [args.mode]
+    embedder = None
+    if any(mode != "sparse" for mode in modes):
+        model = build_embedder(settings)
+        if model is None:
+            print(
+                "privategpt: dense and hybrid modes need an embedding model (PGPT_EMBEDDING_BACKEND)", file=sys.stderr
+            )
+            return 1
+        cache = Path(args.cache_dir) if args.cache_dir else settings.data_dir / "eval-cache"
+        embedder = EmbeddingCache(model, cache)
     try:
-        result = run_evaluation(args.dataset_dir, args.database_url, language=args.language)
+        results = run_evaluation(
+            args.dataset_dir, args.database_url, modes=modes, embedder=embedder, language=args.language
+        )
     except FileNotFoundError as exc:
         print(f"privategpt: not a BEIR data set: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result.as_dict()) if args.json else result.summary())
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results]))
+    else:
+        print("\n".join(r.summary() for r in results))
+        if len(results) > 1:
+            print(results_table(results))
     return 0
 
 
@@ -182,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--database-url", help="index into a fresh database on this PostgreSQL server (default: a temporary SQLite)"
     )
     evaluate.add_argument("--language", default="en", help="language of the analyser (default en)")
+    evaluate.add_argument(
+        "--mode",
+        choices=["sparse", "dense", "hybrid", "all"],
+        default="sparse",
+        help="retrieval mode, or all of them on one index (dense modes use PGPT_EMBEDDING_*)",
+    )
+    evaluate.add_argument(
+        "--cache-dir", help="where passage and query vectors are cached (default PGPT_DATA_DIR/eval-cache)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")
     evaluate.set_defaults(handler=_eval_command)
 

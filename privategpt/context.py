@@ -1,14 +1,15 @@
-"""What one server process holds for its lifetime: settings, database, password hasher."""
+"""What one server process holds for its lifetime: settings, database, password hasher, dense retrieval."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from privategpt.auth.passwords import Passwords
 from privategpt.config import Settings
 from privategpt.db import Database
+from privategpt.rag.hybrid import DenseIndex
 
 
 @dataclass
@@ -16,6 +17,8 @@ class AppContext:
     settings: Settings
     database: Database
     passwords: Passwords
+    # None when no embedder is configured (PGPT_EMBEDDING_BACKEND=none): retrieval is BM25 only.
+    dense: DenseIndex | None = field(default=None)
 
 
 def get_context(request: Request) -> AppContext:

@@ -188,6 +188,9 @@ class Source(Base):
     # processing | vectorized | error
     state: Mapped[str] = mapped_column(String(16), default="processing", index=True)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # pending | done: whether dense vectors of the configured model exist for every chunk; NULL when
+    # the source was indexed without dense retrieval.
+    embedding_state: Mapped[str | None] = mapped_column(String(16), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

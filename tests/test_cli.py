@@ -81,6 +81,7 @@ def make_operator(tmp_path: Path, database_url: str | None) -> Operator:
         PGPT_ARGON2_MEMORY_KIB="256",
         PGPT_ARGON2_PARALLELISM="1",
         PGPT_LOG_LEVEL="warning",
+        PGPT_EMBEDDING_BACKEND="none",
     )
     if database_url is None or database_url.startswith("sqlite"):
         # SQLite: rely on PGPT_DATA_DIR alone, as a first-time operator would.

@@ -135,13 +135,15 @@ async def _respond(
 ) -> dict[str, Any] | StreamingResponse:
     ctx = get_context(request)
     if not _wants_stream(request):
-        async with aclosing(service.ask(ctx.database, ctx.settings, llm, caller, question, stream=False)) as events:
+        async with aclosing(
+            service.ask(ctx.database, ctx.settings, llm, caller, question, stream=False, dense=ctx.dense)
+        ) as events:
             async for event in events:
                 if isinstance(event, service.Answered):
                     return _answer_envelope(event.result)
         raise RuntimeError("the chat pipeline ended without an answer")
 
-    events = service.ask(ctx.database, ctx.settings, llm, caller, question, stream=True)
+    events = service.ask(ctx.database, ctx.settings, llm, caller, question, stream=True, dense=ctx.dense)
     # Run up to the model's first piece here, so that refusals and a model that fails at once are
     # answered with their status code rather than inside a stream that already said 200.
     ready: list[service.ChatEvent] = []

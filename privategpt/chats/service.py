@@ -40,8 +40,8 @@ from privategpt.db import Database
 from privategpt.errors import Conflict, NotFound
 from privategpt.llm import LanguageModel, Prompt, sampling_for
 from privategpt.models import Chat, ChatMessage, Scenario, Source, new_uuid, utcnow
-from privategpt.rag import RetrievalScope, ScoredChunk, retrieve
-from privategpt.rag.retrieval import RetrievalMode
+from privategpt.rag import RetrievalScope, ScoredChunk
+from privategpt.rag.hybrid import DenseIndex, RetrievalMode, retrieve
 from privategpt.scenarios import service as scenarios
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ async def ask(
     question: Question,
     *,
     stream: bool,
+    dense: DenseIndex | None = None,
 ) -> AsyncGenerator[ChatEvent]:
     """Answer a question; when streaming, yields `Started` and the answer's pieces; always ends with `Answered`."""
     async with database.session(write=False) as session:
@@ -127,11 +128,12 @@ async def ask(
         # 2. Access, again on every question.
         scope = access.retrieval_scope(caller, chat.groups, chat.use_public)
         searched = not scope.is_empty and scenario.context_retriever_type != "none"
+        retrieve_passages = functools.partial(_retrieve, settings, scenario, scope, question.text, chat.language, dense)
 
         # A new chat is unknown to everyone until it is saved: it needs no lock and has no history, so its
         # passages are read right here, in the same short transaction.
         if chat.is_new:
-            candidates = await _retrieve(session, settings, scenario, scope, question.text) if searched else []
+            candidates = await retrieve_passages(session) if searched else []
 
     # 3. The busy lock of an existing chat.
     lock = None if chat.is_new else await ChatLock.acquire(database, chat.id, caller.user.id, settings)
@@ -142,7 +144,7 @@ async def ask(
         if not chat.is_new:
             async with database.session(write=False) as session:
                 history = await _history(session, caller, chat.id) if scenario.use_history else []
-                candidates = await _retrieve(session, settings, scenario, scope, question.text) if searched else []
+                candidates = await retrieve_passages(session) if searched else []
 
         # 5. The prompt; whole documents make it CPU work worth a thread.
         build = functools.partial(
@@ -227,29 +229,37 @@ async def _history(session: AsyncSession, caller: Principal, chat_id: str) -> li
 
 
 def _retrieval_mode(scenario: Scenario) -> RetrievalMode:
-    """The retrieval core's mode for a scenario's flags.
-
-    INTEGRATION POINT (hybrid retrieval, issue 6): the core offers BM25 (`sparse`) only so far, so every
-    scenario retrieves with BM25 whatever its `use_dense`/`use_reranking` say; map the flags to the
-    dense, hybrid and reranking modes here once the core has them.
-    """
+    """The retrieval core's mode for a scenario's `use_sparse`/`use_dense` flags (validation keeps one on)."""
+    if scenario.use_dense:
+        return "hybrid" if scenario.use_sparse else "dense"
     return "sparse"
 
 
 async def _retrieve(
-    session: AsyncSession, settings: Settings, scenario: Scenario, scope: RetrievalScope, query: str
+    settings: Settings,
+    scenario: Scenario,
+    scope: RetrievalScope,
+    query: str,
+    language: str,
+    dense: DenseIndex | None,
+    session: AsyncSession,
 ) -> list[Candidate]:
     """Passages from the documents in scope: chunks, or whole documents for `document_store`."""
     conn = await session.connection()
-    if scenario.context_retriever_type != "document_store":
-        chunks = await retrieve(
-            conn, query, scope, scenario.k, scenario.similarity_threshold, _retrieval_mode(scenario)
-        )
+    whole_documents = scenario.context_retriever_type == "document_store"
+    chunks = await retrieve(
+        conn,
+        query,
+        scope,
+        _DOCUMENT_CANDIDATE_CHUNKS if whole_documents else scenario.k,
+        scenario.similarity_threshold,
+        _retrieval_mode(scenario),
+        dense=dense,
+        language=language,
+    )
+    if not whole_documents:
         return [Candidate(c.source_id, c.source_name, c.text, c.score) for c in chunks]
     # Whole documents: rank documents by their best chunk, then give the k best in full.
-    chunks = await retrieve(
-        conn, query, scope, _DOCUMENT_CANDIDATE_CHUNKS, scenario.similarity_threshold, _retrieval_mode(scenario)
-    )
     best: dict[str, ScoredChunk] = {}
     for chunk in chunks:
         best.setdefault(chunk.source_id, chunk)

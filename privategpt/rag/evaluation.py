@@ -2,7 +2,10 @@
 
 Each corpus document becomes a public, vectorized source (title as name, text as Markdown content), is
 chunked and indexed by the same code as ingestion, into a scratch database created for the run; every
-query goes through `retrieve`. A document's rank is that of its best chunk. Metrics follow trec_eval
+query goes through `retrieve` (`privategpt.rag.hybrid`), in each mode asked for. Dense modes embed every
+chunk with the configured embedder, exactly as the `embed` job does; the vectors are cached on disk by
+model and text (`EmbeddingCache`), since the bundled CPU model needs minutes per thousand passages.
+A document's rank is that of its best chunk. Metrics follow trec_eval
 (as used by BEIR): nDCG@10 with the judged grade as gain, Recall@100 over documents judged relevant
 (grade > 0); queries without a relevant judgment are skipped.
 """
@@ -17,27 +20,31 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from privategpt.embeddings.base import Embedder, Vectors
+from privategpt.rag import vectors
 from privategpt.rag.chunking import ChunkingOptions
+from privategpt.rag.embedding_cache import EmbeddingCache
+from privategpt.rag.hybrid import DenseIndex, RetrievalMode, chunk_embedding_text, retrieve
 from privategpt.rag.retrieval import (
     DEFAULT_PARAMS,
     Bm25Params,
     PreparedSource,
-    RetrievalMode,
     RetrievalScope,
     index_prepared_many,
     prepare_source,
-    retrieve,
 )
 from privategpt.rag.schema import ddl_for, standalone_host_ddl
+from privategpt.rag.vector_schema import vector_ddl_for
 
 PUBLIC = RetrievalScope(group_ids=frozenset(), include_public=True)
 # Chunks retrieved per query: enough to rank 100 distinct documents for Recall@100.
@@ -179,7 +186,7 @@ async def _create_schema(conn: AsyncConnection) -> None:
     dialect = conn.dialect.name
     if dialect == "sqlite":
         await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
-    for statement in [*standalone_host_ddl(dialect), *ddl_for(dialect)]:
+    for statement in [*standalone_host_ddl(dialect), *ddl_for(dialect), *vector_ddl_for(dialect)]:
         await conn.exec_driver_sql(statement)
 
 
@@ -229,83 +236,146 @@ async def load_corpus(
     return doc_of_source, chunks
 
 
-async def evaluate(
+async def load_vectors(engine: AsyncEngine, embedder: Embedder, *, batch: int = 256) -> DenseIndex:
+    """Embed every chunk of the scratch index with `embedder` and store the vectors, as the `embed` job does."""
+    async with engine.begin() as conn:
+        model = await vectors.register_model(conn, embedder.model_name, embedder.dimension)
+    while True:
+        async with engine.connect() as conn:
+            todo = await vectors.chunks_missing_vectors(conn, model.id, limit=batch)
+        if not todo:
+            break
+        matrix = await embedder.embed_passages([chunk_embedding_text(c) for c in todo])
+        async with engine.begin() as conn:
+            await vectors.write_vectors(conn, model.id, [(c.chunk_id, matrix[i]) for i, c in enumerate(todo)])
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("ANALYZE")
+    return DenseIndex(embedder, model)
+
+
+async def evaluate_modes(
     dataset_dir: str | os.PathLike[str],
     database_url: str | None = None,
     *,
-    mode: RetrievalMode = "sparse",
+    modes: Sequence[RetrievalMode] = ("sparse",),
+    embedder: Embedder | None = None,
     language: str = "en",
     params: Bm25Params = DEFAULT_PARAMS,
     options: ChunkingOptions | None = None,
-) -> EvalResult:
-    """Index a BEIR directory into a scratch database and measure nDCG@10 and Recall@100."""
+) -> list[EvalResult]:
+    """Index a BEIR directory into a scratch database once and measure nDCG@10 and Recall@100 per mode."""
+    if embedder is None and any(mode != "sparse" for mode in modes):
+        raise ValueError("dense and hybrid modes need an embedding model (PGPT_EMBEDDING_BACKEND)")
     dataset = await asyncio.to_thread(load_beir, dataset_dir)
+    results: list[EvalResult] = []
     async with scratch_engine(database_url) as engine:
         started = time.perf_counter()
         doc_of_source, n_chunks = await load_corpus(
             engine, dataset.corpus, language=language, options=options, params=params
         )
         index_seconds = time.perf_counter() - started
+        dense: DenseIndex | None = None
+        embed_seconds = 0.0
+        if embedder is not None and any(mode != "sparse" for mode in modes):
+            started = time.perf_counter()
+            dense = await load_vectors(engine, embedder)
+            embed_seconds = time.perf_counter() - started
         judged_queries = [q for q in dataset.queries if any(g > 0 for g in dataset.qrels.get(q, {}).values())]
-        ndcg: dict[str, float] = {}
-        recall: dict[str, float] = {}
-        started = time.perf_counter()
-        async with engine.connect() as conn:
-            for query_id in judged_queries:
-                hits = await retrieve(
-                    conn, dataset.queries[query_id], PUBLIC, _CHUNKS_PER_QUERY, 0.0, mode,
-                    language=language, params=params,
-                )  # fmt: skip
-                ranked = list(dict.fromkeys(doc_of_source[h.source_id] for h in hits))
-                ndcg[query_id] = ndcg_at(ranked, dataset.qrels[query_id])
-                recall[query_id] = recall_at(ranked, dataset.qrels[query_id])
-        query_seconds = time.perf_counter() - started
-        backend = engine.dialect.name
-    n = max(1, len(judged_queries))
-    return EvalResult(
-        dataset=dataset.name,
-        backend=backend,
-        mode=mode,
-        documents=len(dataset.corpus),
-        chunks=n_chunks,
-        queries=len(judged_queries),
-        ndcg_at_10=sum(ndcg.values()) / n,
-        recall_at_100=sum(recall.values()) / n,
-        index_seconds=index_seconds,
-        query_seconds=query_seconds,
-        per_query_ndcg=ndcg,
+        query_vectors: dict[str, Vectors] = {}
+        if dense is not None:
+            texts = [dataset.queries[q] for q in judged_queries]
+            matrix = await _embed_queries(dense.embedder, texts)
+            query_vectors = {q: matrix[i] for i, q in enumerate(judged_queries)}
+        for mode in modes:
+            ndcg: dict[str, float] = {}
+            recall: dict[str, float] = {}
+            started = time.perf_counter()
+            async with engine.connect() as conn:
+                for query_id in judged_queries:
+                    hits = await retrieve(
+                        conn, dataset.queries[query_id], PUBLIC, _CHUNKS_PER_QUERY, 0.0, mode, dense=dense,
+                        query_vector=query_vectors.get(query_id), language=language, params=params,
+                    )  # fmt: skip
+                    ranked = list(dict.fromkeys(doc_of_source[h.source_id] for h in hits))
+                    ndcg[query_id] = ndcg_at(ranked, dataset.qrels[query_id])
+                    recall[query_id] = recall_at(ranked, dataset.qrels[query_id])
+            query_seconds = time.perf_counter() - started
+            n = max(1, len(judged_queries))
+            results.append(
+                EvalResult(
+                    dataset=dataset.name,
+                    backend=engine.dialect.name,
+                    mode=mode,
+                    documents=len(dataset.corpus),
+                    chunks=n_chunks,
+                    queries=len(judged_queries),
+                    ndcg_at_10=sum(ndcg.values()) / n,
+                    recall_at_100=sum(recall.values()) / n,
+                    index_seconds=index_seconds + (embed_seconds if mode != "sparse" else 0.0),
+                    query_seconds=query_seconds,
+                    per_query_ndcg=ndcg,
+                )
+            )
+    return results
+
+
+async def _embed_queries(embedder: Embedder, texts: list[str]) -> Vectors:
+    if isinstance(embedder, EmbeddingCache):
+        return await embedder.embed_queries(texts)
+    if not texts:
+        return np.zeros((0, embedder.dimension), dtype=np.float32)
+    return np.stack([await embedder.embed_query(t) for t in texts]).astype(np.float32)
+
+
+async def evaluate(
+    dataset_dir: str | os.PathLike[str],
+    database_url: str | None = None,
+    *,
+    mode: RetrievalMode = "sparse",
+    embedder: Embedder | None = None,
+    language: str = "en",
+    params: Bm25Params = DEFAULT_PARAMS,
+    options: ChunkingOptions | None = None,
+) -> EvalResult:
+    """Index a BEIR directory into a scratch database and measure nDCG@10 and Recall@100 in one mode."""
+    [result] = await evaluate_modes(
+        dataset_dir, database_url, modes=[mode], embedder=embedder, language=language, params=params, options=options
     )
+    return result
 
 
 def run_evaluation(
     dataset_dir: str | os.PathLike[str],
     database_url: str | None = None,
     *,
-    mode: RetrievalMode = "sparse",
+    modes: Sequence[RetrievalMode] = ("sparse",),
+    embedder: Embedder | None = None,
     language: str = "en",
     params: Bm25Params = DEFAULT_PARAMS,
-) -> EvalResult:
-    """Synchronous wrapper of `evaluate` for a CLI command."""
-    return asyncio.run(evaluate(dataset_dir, database_url, mode=mode, language=language, params=params))
+) -> list[EvalResult]:
+    """Synchronous wrapper of `evaluate_modes` for a CLI command."""
+
+    async def run() -> list[EvalResult]:
+        try:
+            return await evaluate_modes(
+                dataset_dir, database_url, modes=modes, embedder=embedder, language=language, params=params
+            )
+        finally:
+            if embedder is not None:
+                await embedder.aclose()
+
+    return asyncio.run(run())
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m privategpt.rag.evaluation DATASET_DIR [--database-url URL] [--language en] [--json]`."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("dataset_dir")
-    parser.add_argument("--database-url", default=None, help="PostgreSQL server URL (default: SQLite)")
-    parser.add_argument("--language", default="en")
-    parser.add_argument("--k1", type=float, default=DEFAULT_PARAMS.k1)
-    parser.add_argument("--b", type=float, default=DEFAULT_PARAMS.b)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    params = Bm25Params(k1=args.k1, b=args.b)
-    result = run_evaluation(args.dataset_dir, args.database_url, language=args.language, params=params)
-    print(json.dumps(result.as_dict()) if args.json else result.summary())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def results_table(results: Sequence[EvalResult]) -> str:
+    """A Markdown table of several runs (one per mode), for the CLI and docs/benchmarks.md."""
+    lines = [
+        "| data set | database | mode | nDCG@10 | Recall@100 | chunks | ms/query |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.dataset} | {r.backend} | {r.mode} | {r.ndcg_at_10:.4f} | {r.recall_at_100:.4f} | {r.chunks} | "
+            f"{1000 * r.query_seconds / max(1, r.queries):.1f} |"
+        )
+    return "\n".join(lines)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from privategpt.db import Database
 from privategpt.models import Source
 from privategpt.rag import PreparedSource, delete_source_chunks, index_prepared_many, prepare_source
+from privategpt.sources.embedding import queue_embedding
 from privategpt.worker import queue
 from privategpt.worker.queue import ClaimedJob
 
@@ -48,8 +49,11 @@ def _prepare_all(documents: dict[str, tuple[str, str]]) -> dict[str, PreparedSou
 class IngestionHandler:
     """Runs `ingest` jobs."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, embed: bool = False) -> None:
         self.database = database
+        # Queue dense vectors for what was indexed; `wake` starts the embedding at once after the commit.
+        self.embed = embed
+        self.wake: Callable[[], None] | None = None
 
     async def run(self, jobs: Sequence[ClaimedJob]) -> None:
         source_ids = [job.source_id for job in jobs]
@@ -68,6 +72,8 @@ class IngestionHandler:
             if indexed:
                 await index_prepared_many(connection, indexed)
                 await self._set_state(session, [sid for sid, _ in indexed], "vectorized", None)
+                if self.embed:
+                    await queue_embedding(session, [sid for sid, _ in indexed], self.wake)
             for source_id, message in failed.items():
                 await delete_source_chunks(connection, source_id)
                 await self._set_state(session, [source_id], "error", message)

@@ -16,7 +16,7 @@ from privategpt import access
 from privategpt.auth.dependencies import READ_ONLY, Context, CurrentPrincipal, DbSession, DocumentsEditor
 from privategpt.context import client_address
 from privategpt.errors import envelope
-from privategpt.rag import retrieve
+from privategpt.rag.hybrid import retrieve
 from privategpt.schemas import Envelope
 from privategpt.sources import service
 from privategpt.sources.schemas import (
@@ -67,6 +67,7 @@ async def sources_of_group(body: GroupNameBody, session: DbSession, caller: Docu
 @router.get("/sources", response_model=Envelope[SourcePage], summary="The sources the caller may see (extension)")
 async def list_sources(
     session: DbSession,
+    ctx: Context,
     caller: CurrentPrincipal,
     group: str | None = Query(None, max_length=255, description='Only this group\'s sources; "" for public ones'),
     state: SourceState | None = Query(None),
@@ -76,7 +77,7 @@ async def list_sources(
     result = await service.list_visible(session, caller, group=group, state=state, page=page, per_page=perPage)
     return envelope(
         {
-            "sources": [service.to_out(s) for s in result.sources],
+            "sources": [service.to_out(s, dense=ctx.dense is not None) for s in result.sources],
             "page": page,
             "perPage": perPage,
             "total": result.total,
@@ -86,8 +87,9 @@ async def list_sources(
 
 
 @router.get("/sources/{sourceId}", response_model=Envelope[SourceOut], summary="A source the caller may see")
-async def get_source(sourceId: str, session: DbSession, caller: CurrentPrincipal) -> dict[str, object]:
-    return envelope(service.to_out(await service.get_visible(session, caller, sourceId)))
+async def get_source(sourceId: str, session: DbSession, ctx: Context, caller: CurrentPrincipal) -> dict[str, object]:
+    source = await service.get_visible(session, caller, sourceId)
+    return envelope(service.to_out(source, dense=ctx.dense is not None))
 
 
 @router.patch("/sources/{sourceId}", response_model=Envelope[SourceOut], summary="Edit a source; only sent keys change")
@@ -103,7 +105,7 @@ async def update_source(
     source = await service.update_source(
         session, ctx.settings, sourceId, body, caller=caller, client=client_address(request), wake=wake
     )
-    return envelope(service.to_out(source))
+    return envelope(service.to_out(source, dense=ctx.dense is not None))
 
 
 @router.delete("/sources/{sourceId}", response_model=Envelope[list[str]], summary="Delete a source")
@@ -120,9 +122,17 @@ async def delete_source(
     summary="Retrieve as a chat would (extension)",
     openapi_extra=READ_ONLY,
 )
-async def search(body: SearchRequest, session: DbSession, caller: CurrentPrincipal) -> dict[str, object]:
+async def search(body: SearchRequest, session: DbSession, ctx: Context, caller: CurrentPrincipal) -> dict[str, object]:
     scope = access.retrieval_scope(caller, body.groups, body.usePublic)
-    chunks = await retrieve(await session.connection(), body.query, scope, body.k)
+    chunks = await retrieve(
+        await session.connection(),
+        body.query,
+        scope,
+        body.k,
+        mode=body.mode or ("hybrid" if ctx.dense is not None else "sparse"),
+        dense=ctx.dense,
+        language=caller.user.language,
+    )
     hits = [
         SearchHit(
             sourceId=c.source_id,

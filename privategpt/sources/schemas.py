@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 from privategpt.schemas import RequestModel
 
 SourceState = Literal["processing", "vectorized", "error"]
+EmbeddingState = Literal["pending", "done", "disabled"]
+SearchMode = Literal["sparse", "dense", "hybrid"]
 
 
 def _check_name(value: str | None) -> str | None:
@@ -69,6 +71,13 @@ class SearchRequest(RequestModel):
     groups: list[str] = Field(default_factory=list)
     usePublic: bool = False
     k: int = Field(10, ge=1, le=100)
+    mode: SearchMode | None = Field(
+        None,
+        description=(
+            "sparse (BM25), dense (vectors) or hybrid (both, fused). Unset: hybrid when an embedding model is "
+            "configured, else sparse - what a chat with the default scenario retrieves."
+        ),
+    )
 
     @field_validator("query")
     @classmethod
@@ -97,6 +106,12 @@ class SourceOut(BaseModel):
     isPublic: bool
     state: SourceState
     error: str | None = Field(None, description="Why ingestion failed; set only in state `error`.")
+    embedding: EmbeddingState = Field(
+        description=(
+            "Dense vectors (extension): pending until every chunk has one (the source is searchable by BM25 "
+            "from `vectorized` on), done, or disabled when no embedding model is configured."
+        )
+    )
     creator: Creator | None
     createdAt: datetime
     updatedAt: datetime

@@ -20,7 +20,7 @@ from privategpt.errors import Forbidden, NotFound, ValidationFailed
 from privategpt.groups.service import groups_by_names, name_key
 from privategpt.models import Group, Source, SourceGroup, new_uuid, utcnow
 from privategpt.rag import delete_source_chunks
-from privategpt.sources.schemas import Creator, SourceCreate, SourceOut, SourceUpdate
+from privategpt.sources.schemas import Creator, EmbeddingState, SourceCreate, SourceOut, SourceUpdate
 from privategpt.worker import queue
 
 Wake = Callable[[], None]
@@ -28,7 +28,14 @@ Wake = Callable[[], None]
 NOT_FOUND = "Source not found."
 
 
-def to_out(source: Source) -> SourceOut:
+def embedding_state(source: Source, dense: bool) -> EmbeddingState:
+    """The `embedding` of a source: `disabled` when there is nothing to embed or nothing to embed with."""
+    if not dense or source.state == "error":
+        return "disabled"
+    return "done" if source.state == "vectorized" and source.embedding_state == "done" else "pending"
+
+
+def to_out(source: Source, *, dense: bool) -> SourceOut:
     groups = sorted((link.group.name for link in source.group_links), key=str.lower)
     creator = Creator(email=source.creator.email, name=source.creator.name) if source.creator else None
     return SourceOut(
@@ -39,6 +46,7 @@ def to_out(source: Source) -> SourceOut:
         isPublic=source.is_public,
         state=source.state,
         error=source.error if source.state == "error" else None,
+        embedding=embedding_state(source, dense),
         creator=creator,
         createdAt=source.created_at,
         updatedAt=source.updated_at,

@@ -9,6 +9,7 @@ import signal
 from privategpt.config import Settings
 from privategpt.db import Database
 from privategpt.migrate import upgrade_database
+from privategpt.sources.embedding import start_dense_retrieval
 from privategpt.worker.handlers import build_worker
 
 logger = logging.getLogger(__name__)
@@ -16,9 +17,11 @@ logger = logging.getLogger(__name__)
 
 async def _run(settings: Settings) -> None:
     database = Database(settings)
+    dense = None
     try:
         await upgrade_database(database.engine)
-        worker = build_worker(database, settings)
+        dense = await start_dense_retrieval(database, settings)
+        worker = build_worker(database, settings, dense)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -31,6 +34,8 @@ async def _run(settings: Settings) -> None:
             # Hands running jobs back, so the next worker starts them at once instead of after the lease.
             await worker.stop()
     finally:
+        if dense is not None:
+            await dense.embedder.aclose()
         await database.dispose()
 
 

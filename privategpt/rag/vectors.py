@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -344,19 +345,43 @@ def _sql_store(conn: AsyncConnection) -> _SqlStore:
         raise ValueError(f"unsupported database dialect: {conn.dialect.name}") from None
 
 
-async def _count_visible(conn: AsyncConnection, scope: RetrievalScope, cap: int) -> int:
-    return await _sql_store(conn).count_visible(conn, scope, cap)
+# Scopes found large, per process, for a few seconds, with their (capped) size: the verdict only picks
+# the plan and every plan returns `k` results, so a stale one costs time, never results. Counting the
+# visible chunks of a large scope costs about as much as the dense scoring itself.
+LARGE_SCOPE_TTL_S = 10.0
+_LARGE_SCOPES: dict[tuple[str, frozenset[int], bool, int], tuple[float, int]] = {}
 
 
-async def _visible_chunk_ids(conn: AsyncConnection, scope: RetrievalScope) -> list[int]:
+def _scope_key(conn: AsyncConnection, scope: RetrievalScope, cap: int) -> tuple[str, frozenset[int], bool, int]:
+    return (_database_key(conn), scope.group_ids, scope.include_public, cap)
+
+
+def _known_large(conn: AsyncConnection, scope: RetrievalScope, cap: int) -> int | None:
+    """The size recorded for a large scope within the last LARGE_SCOPE_TTL_S, else None."""
+    entry = _LARGE_SCOPES.get(_scope_key(conn, scope, cap))
+    return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+
+
+def _remember_large(conn: AsyncConnection, scope: RetrievalScope, cap: int, size: int) -> None:
+    now = time.monotonic()
+    if len(_LARGE_SCOPES) > 1000:
+        for key, (expires, _) in list(_LARGE_SCOPES.items()):
+            if expires <= now:
+                _LARGE_SCOPES.pop(key, None)
+    _LARGE_SCOPES[_scope_key(conn, scope, cap)] = (now + LARGE_SCOPE_TTL_S, size)
+
+
+async def _visible_chunk_ids(conn: AsyncConnection, scope: RetrievalScope, limit: int) -> list[int]:
+    """Ids of up to `limit` chunks in scope."""
     store = _sql_store(conn)
     sql = (
         f"WITH vs AS ({store._visible_sources(scope)}) "
         "SELECT c.id FROM vs CROSS JOIN sources s CROSS JOIN rag_chunks c "
-        "WHERE s.id = vs.id AND c.source_id = s.id AND s.state = 'vectorized'"
+        "WHERE s.id = vs.id AND c.source_id = s.id AND s.state = 'vectorized' LIMIT :limit"
     )
     params = store._scope_params(scope)
-    return [int(r[0]) for r in await conn.execute(store._bind(sql, *params), params)]
+    rows = await conn.execute(store._bind(sql, *params), {**params, "limit": limit})
+    return [int(r[0]) for r in rows]
 
 
 async def _visible_among(conn: AsyncConnection, scope: RetrievalScope, chunk_ids: Sequence[int]) -> set[int]:
@@ -429,7 +454,7 @@ class _DenseIndex:
         self.rows: dict[int, int] = {}
         self.free: list[int] = []
 
-    def _reserve(self, extra: int) -> None:
+    def reserve(self, extra: int) -> None:
         needed = self.size + extra
         if needed <= self.matrix.shape[0]:
             return
@@ -443,7 +468,7 @@ class _DenseIndex:
     def apply(self, changes: Sequence[tuple[int, bytes | None]]) -> None:
         """Set each chunk's vector (None: the chunk has none any more)."""
         new = [c for c, blob in changes if blob is not None and c not in self.rows]
-        self._reserve(max(0, len(new) - len(self.free)))
+        self.reserve(max(0, len(new) - len(self.free)))
         for chunk_id, blob in changes:
             row = self.rows.get(chunk_id)
             if blob is None:
@@ -507,10 +532,17 @@ async def _current_index(conn: AsyncConnection, model: EmbeddingModel) -> _Dense
         # First use, or the log no longer reaches back to our watermark (or the database was replaced):
         # load the model's vectors whole. The watermark is read before the vectors, so anything that
         # commits in between is also in the log past it and applied again (idempotent) next time.
-        rows = await conn.execute(text("SELECT chunk_id, vector FROM rag_vectors WHERE model_id = :m"), {"m": model.id})
-        changes: list[tuple[int, bytes | None]] = [(int(c), bytes(v)) for c, v in rows]
         fresh = _DenseIndex(instance, model.dimension)
-        fresh.apply(changes)
+        total = (
+            await conn.execute(text("SELECT count(*) FROM rag_vectors WHERE model_id = :m"), {"m": model.id})
+        ).scalar_one()
+        fresh.reserve(int(total))
+        # Streamed in slices: the whole table's blobs at once would double the process's peak memory.
+        stream = await conn.stream(
+            text("SELECT chunk_id, vector FROM rag_vectors WHERE model_id = :m"), {"m": model.id}
+        )
+        async for part in stream.partitions(4096):
+            fresh.apply([(int(c), bytes(v)) for c, v in part])
         fresh.watermark = newest
         with _INDEXES_LOCK:
             _INDEXES[key] = fresh
@@ -551,15 +583,18 @@ async def _search_sqlite(
     conn: AsyncConnection, model: EmbeddingModel, q: Matrix, scope: RetrievalScope, k: int, small_scope: int
 ) -> list[tuple[int, float]]:
     index = await _current_index(conn, model)
-    if await _count_visible(conn, scope, small_scope) <= small_scope:
-        return await _search_sqlite_small(conn, index, model, q, scope, k)
+    if _known_large(conn, scope, small_scope) is None:
+        # Listing the visible chunks is the small plan's first step and tells a large scope apart.
+        visible = await _visible_chunk_ids(conn, scope, small_scope + 1)
+        if len(visible) <= small_scope:
+            return await _search_sqlite_small(conn, index, model, q, visible, k)
+        _remember_large(conn, scope, small_scope, len(visible))
     return await _search_sqlite_large(conn, index, q, scope, k, small_scope)
 
 
 async def _search_sqlite_small(
-    conn: AsyncConnection, index: _DenseIndex, model: EmbeddingModel, q: Matrix, scope: RetrievalScope, k: int
+    conn: AsyncConnection, index: _DenseIndex, model: EmbeddingModel, q: Matrix, visible: list[int], k: int
 ) -> list[tuple[int, float]]:
-    visible = await _visible_chunk_ids(conn, scope)
     with index.lock:
         rows = [index.rows.get(c) for c in visible]
         found = [(c, r) for c, r in zip(visible, rows, strict=True) if r is not None]
@@ -594,9 +629,10 @@ async def _search_sqlite_large(
     conn: AsyncConnection, index: _DenseIndex, q: Matrix, scope: RetrievalScope, k: int, small_scope: int
 ) -> list[tuple[int, float]]:
     with index.lock:
-        live = index.ids[: index.size] >= 0
-        ids = index.ids[: index.size][live]
-        scores = (index.matrix[: index.size] @ q)[live]
+        # Free rows (id -1, zero vectors) stay in: filtering them out of 100,000 scores costs more
+        # than skipping the few that reach a candidate band.
+        ids = index.ids[: index.size].copy()
+        scores = index.matrix[: index.size] @ q
     n = len(ids)
     if n == 0:
         return []
@@ -609,7 +645,7 @@ async def _search_sqlite_large(
     found_scores: list[float] = []
     while True:
         threshold = float(np.partition(scores, n - want)[n - want]) if want < n else -math.inf
-        band = (scores >= threshold) & (scores < checked_above)
+        band = (scores >= threshold) & (scores < checked_above) & (ids >= 0)
         band_ids = ids[band]
         band_scores = scores[band]
         visible = await _visible_among(conn, scope, band_ids.tolist())
@@ -631,7 +667,11 @@ async def _search_postgres(
     conn: AsyncConnection, model: EmbeddingModel, q: Matrix, scope: RetrievalScope, k: int, small_scope: int
 ) -> list[tuple[int, float]]:
     literal = _pg_literal(q)
-    visible = await _count_visible(conn, scope, small_scope)
+    visible = _known_large(conn, scope, small_scope)
+    if visible is None:
+        visible = await _sql_store(conn).count_visible(conn, scope, small_scope)
+        if visible > small_scope:
+            _remember_large(conn, scope, small_scope, visible)
     if visible > small_scope and model.dimension <= MAX_HNSW_DIMENSION:
         total = int(
             (

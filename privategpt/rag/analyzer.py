@@ -264,19 +264,28 @@ def get_analyzer(language: str = "en") -> Analyzer:
 
 
 def query_terms(query: str, language: str | None = None) -> Counter[str]:
-    """A query's terms read in its detected language and in `language` (the caller's), merged.
+    """A query's terms, read in its own language where that is clear and else also in `language`.
 
-    Each chunk was analysed in its own language, so a query should meet documents in the language it is
-    written in; but a short query's language is often unclear, and the caller's language is the best
-    guess then. A term both readings produce counts once, with its larger frequency: merging never
-    doubles a term's weight.
+    Each chunk was analysed in its own language, so a query should be analysed in the language it is
+    written in; but a short query's language is often unclear, and then the caller's language (a chat's)
+    is the better guess. A query detected with near certainty is read in that language alone; otherwise
+    it is read both ways and the terms merged, each term once with its larger frequency, so merging
+    never doubles a term's weight. (Measured in docs/retrieval.md: reading a query in the caller's
+    language only loses most of the other languages' queries; always merging costs a little where the
+    detection was right.)
     """
-    codes = [normalize_language(language)] if language is not None else []
-    detected = languages.detect_confident(query)
-    if detected is not None and detected not in codes:
-        codes.append(detected)
+    hint = normalize_language(language) if language is not None else None
+    found = languages.detect(query)
+    codes: list[str] = []
+    if found is not None and found[1] >= languages.CERTAIN:
+        codes.append(found[0])
+    else:
+        if hint is not None:
+            codes.append(hint)
+        if found is not None and found[1] >= languages.MIN_CONFIDENCE:
+            codes.append(found[0])
     merged: Counter[str] = Counter()
-    for code in codes or ["en"]:
+    for code in dict.fromkeys(codes or ["en"]):
         for term, tf in get_analyzer(code).term_frequencies(query).items():
             merged[term] = max(merged[term], tf)
     return merged

@@ -29,8 +29,10 @@ MIN_LETTERS = 12
 # Posterior probability (over the restricted language set) needed to trust a detection: whole sentences
 # come out at 0.9 and above, two-word phrases at 0.1-0.5.
 MIN_CONFIDENCE = 0.6
+# A query detected at this probability is read in its detected language alone (see analyzer.query_terms).
+CERTAIN = 0.95
 # Detection reads this much of a text: more changes nothing but costs linearly.
-_SAMPLE_CHARS = 2000
+_SAMPLE_CHARS = 512
 
 _lock = threading.Lock()
 _loaded: dict[str, Any] = {}

@@ -205,6 +205,36 @@ async def _measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def load_in_child(backend: str, target: Any, *args: Any) -> None:
+    """Run a loader in a spawned process, so the measuring process's RSS holds only what searching needs."""
+    child = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"loading {backend} failed")
+
+
+def bench_database(backend: str, workdir: Path, chunks: int, rebuild: bool) -> tuple[str, bool]:
+    """The URL of a backend's benchmark database under `workdir`, and whether it is empty (to be loaded)."""
+    if backend == "sqlite":
+        path = workdir / f"bench-{chunks}.db"
+        if rebuild:
+            path.unlink(missing_ok=True)
+        return f"sqlite+aiosqlite:///{path}", not path.exists()
+    import pgserver
+
+    pgdir = workdir / f"pg-{chunks}"
+    server = pgserver.get_server(pgdir, cleanup_mode=None)  # type: ignore[attr-defined]
+    dbname = "bench"
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{dbname}';")
+    if rebuild and "1 row" in exists:
+        server.psql(f"DROP DATABASE {dbname};")
+    fresh = rebuild or "1 row" not in exists
+    if fresh:
+        server.psql(f"CREATE DATABASE {dbname};")
+    return f"postgresql+asyncpg://postgres@/{dbname}?host={pgdir}", fresh
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=100_000)
@@ -220,31 +250,9 @@ def main() -> int:
     report: dict[str, Any] = {}
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         print(f"{backend}:", file=sys.stderr)
-        if backend == "sqlite":
-            path = workdir / f"bench-{args.chunks}.db"
-            if args.rebuild:
-                path.unlink(missing_ok=True)
-            url = f"sqlite+aiosqlite:///{path}"
-            fresh = not path.exists()
-        else:
-            import pgserver
-
-            pgdir = workdir / f"pg-{args.chunks}"
-            server = pgserver.get_server(pgdir, cleanup_mode=None)  # type: ignore[attr-defined]
-            dbname = "bench"
-            exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{dbname}';")
-            if args.rebuild and "1 row" in exists:
-                server.psql(f"DROP DATABASE {dbname};")
-            fresh = args.rebuild or "1 row" not in exists
-            if fresh:
-                server.psql(f"CREATE DATABASE {dbname};")
-            url = f"postgresql+asyncpg://postgres@/{dbname}?host={pgdir}"
+        url, fresh = bench_database(backend, workdir, args.chunks, args.rebuild)
         if fresh:
-            child = multiprocessing.get_context("spawn").Process(target=_build_in_child, args=(url, args.chunks))
-            child.start()
-            child.join()
-            if child.exitcode != 0:
-                raise SystemExit(f"loading {backend} failed")
+            load_in_child(backend, _build_in_child, url, args.chunks)
         report[backend] = asyncio.run(_measure(url, args))
         print(f"  RSS {report[backend]['rss_mb']} MB (max {report[backend]['max_rss_mb']} MB)", file=sys.stderr)
     print(json.dumps(report, indent=2))

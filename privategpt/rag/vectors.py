@@ -12,8 +12,10 @@ matrix and check the best candidates' visibility in SQL, widening the candidate 
 
 PostgreSQL: pgvector. Small scopes are an exact scan inside the access join (`<#>`, the negative inner
 product); large scopes walk a per-model HNSW index (partial on the model, on the vector cast to the model's
-dimension) for `ef_search` neighbours, filter them by the scope, and fall back to the exact scan when
-fewer than `k` survive (pgvector 0.6 has no iterative scans), so a result is never short.
+dimension) for `ef_search` neighbours and filter them by the scope, asking for four times more while
+fewer than `k` survive, and fall back to the exact scan past pgvector's largest `ef_search` (0.6 has no
+iterative scans), so a result is never short. Large-scope results are approximate (HNSW), their count
+is not.
 
 See docs/retrieval.md ("Dense vectors") for the measurements behind the thresholds.
 """
@@ -63,7 +65,9 @@ MIN_EF_SEARCH = 40
 # the most recent LOG_KEEP; a process whose watermark is older reloads its matrix from the table.
 LOG_PRUNE_AT = 1_000_000
 LOG_KEEP = 250_000
-# Candidates whose visibility the first round of a large-scope SQLite search checks (one SQL batch).
+# Candidates whose visibility the first round of a large-scope SQLite search checks, per result asked
+# for, and at most (one SQL batch).
+FIRST_CANDIDATES_PER_K = 8
 MAX_FIRST_CANDIDATES = 4000
 _SQLITE_ROWS_PER_INSERT = 400
 _SQLITE_IDS_PER_QUERY = 4000
@@ -589,7 +593,7 @@ async def _search_sqlite(
         if len(visible) <= small_scope:
             return await _search_sqlite_small(conn, index, model, q, visible, k)
         _remember_large(conn, scope, small_scope, len(visible))
-    return await _search_sqlite_large(conn, index, q, scope, k, small_scope)
+    return await _search_sqlite_large(conn, index, q, scope, k)
 
 
 async def _search_sqlite_small(
@@ -626,7 +630,7 @@ async def _score_from_table(
 
 
 async def _search_sqlite_large(
-    conn: AsyncConnection, index: _DenseIndex, q: Matrix, scope: RetrievalScope, k: int, small_scope: int
+    conn: AsyncConnection, index: _DenseIndex, q: Matrix, scope: RetrievalScope, k: int
 ) -> list[tuple[int, float]]:
     with index.lock:
         # Free rows (id -1, zero vectors) stay in: filtering them out of 100,000 scores costs more
@@ -636,10 +640,10 @@ async def _search_sqlite_large(
     n = len(ids)
     if n == 0:
         return []
-    # More than `small_scope` chunks are visible, so at least this share of all; ask for twice what that
-    # share would need (at most one SQL batch), then widen fourfold each round. All ties with the last
-    # candidate are included, so every chunk not yet checked scores strictly below every checked one.
-    want = min(n, MAX_FIRST_CANDIDATES, max(4 * k, math.ceil(2 * k * n / max(1, small_scope))))
+    # Start with what a wide scope needs and widen fourfold each round (a 10 % scope takes two rounds).
+    # All ties with the last candidate are included, so every chunk not yet checked scores strictly
+    # below every checked one.
+    want = min(n, MAX_FIRST_CANDIDATES, FIRST_CANDIDATES_PER_K * k)
     checked_above = math.inf
     found_ids: list[int] = []
     found_scores: list[float] = []
@@ -673,20 +677,17 @@ async def _search_postgres(
         if visible > small_scope:
             _remember_large(conn, scope, small_scope, visible)
     if visible > small_scope and model.dimension <= MAX_HNSW_DIMENSION:
-        total = int(
-            (
-                await conn.execute(
-                    text("SELECT count(*) FROM rag_vectors WHERE model_id = :m"),
-                    {"m": model.id},
-                )
-            ).scalar_one()
-        )
-        # `visible` is counted only up to small_scope + 1: the share it implies is a lower bound, so ef is
-        # generous; a scope narrower than ef covers falls back to the exact scan below.
-        ef = min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 4 * k, math.ceil(2 * k * total / visible)))
-        result = await _search_postgres_hnsw(conn, model, literal, scope, k, ef)
-        if len(result) >= k:
-            return result
+        # pgvector 0.6 cannot resume a walk (no iterative scans): each round asks HNSW for `ef` neighbours
+        # afresh, four times more than the last, until `k` of them are in scope; past MAX_EF_SEARCH the
+        # exact scan below answers. A wide scope is answered by the first round.
+        ef = min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 4 * k))
+        while True:
+            result = await _search_postgres_hnsw(conn, model, literal, scope, k, ef)
+            if len(result) >= k:
+                return result
+            if ef >= MAX_EF_SEARCH:
+                break
+            ef = min(MAX_EF_SEARCH, ef * 4)
     return await _search_postgres_exact(conn, model, literal, scope, k)
 
 

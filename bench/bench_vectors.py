@@ -1,0 +1,223 @@
+"""Dense-vector search at 100,000 chunks on SQLite and PostgreSQL, for narrow and wide access scopes.
+
+Corpus: bench_retrieval.py's (SciFact sections, 10 chunks per source, each source in one of 100 groups),
+plus one synthetic random unit vector of 384 dimensions per chunk (the latency of a nearest-neighbour
+search does not depend on what the vectors mean). Queries: random unit vectors for dense search; for
+hybrid, the same plus the SciFact test claims through BM25 (`retrieve`), one after the other on one
+connection, as the chat service runs them (fusion itself is a few microseconds and not included).
+
+    python bench/bench_vectors.py                         # both databases, 100,000 chunks
+    python bench/bench_vectors.py --backends sqlite --chunks 20000
+
+Databases are built once under --workdir and reused (--rebuild to start over); a SQLite database left by
+bench_retrieval.py (--retrieval-workdir) is copied rather than loaded again. Loading runs in a child
+process, so the RSS reported is that of a process that only searches (on SQLite it holds the matrix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_retrieval import GROUPS, _build, _queries, _rss_mb, bench_database, load_in_child
+
+from privategpt.rag.retrieval import RetrievalScope, retrieve
+from privategpt.rag.vector_schema import vector_ddl_for
+from privategpt.rag.vectors import (
+    SMALL_SCOPE,
+    _hnsw_index_name,
+    list_models,
+    register_model,
+    search_dense,
+    write_vectors,
+)
+
+DIM = 384
+MODEL = "bench-random-384"
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    m = rng.standard_normal((n, DIM)).astype(np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+async def _add_vectors(url: str) -> None:
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        dialect = conn.dialect.name
+        for statement in vector_ddl_for(dialect):
+            await conn.exec_driver_sql(statement)
+        model = await register_model(conn, MODEL, DIM)
+        if dialect == "postgresql":
+            # Bulk-building the HNSW index after the load is several times faster than growing it.
+            await conn.execute(text(f"DROP INDEX {_hnsw_index_name(model.id)}"))
+        ids = [int(r[0]) for r in await conn.execute(text("SELECT id FROM rag_chunks ORDER BY id"))]
+    rng = np.random.default_rng(42)
+    started = time.perf_counter()
+    for start in range(0, len(ids), 5000):
+        batch = ids[start : start + 5000]
+        async with engine.begin() as conn:
+            await write_vectors(conn, model.id, list(zip(batch, _unit(rng, len(batch)), strict=True)))
+        print(f"\r  {start + len(batch)} vectors, {time.perf_counter() - started:.0f} s", end="", file=sys.stderr)
+    print(f"\n  wrote {len(ids)} vectors in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    if dialect == "postgresql":
+        started = time.perf_counter()
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("SET maintenance_work_mem = '1GB'")
+            await register_model(conn, MODEL, DIM)  # creates the model's HNSW index again
+        print(f"  HNSW index built in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        async with engine.connect() as conn:
+            await (await conn.execution_options(isolation_level="AUTOCOMMIT")).exec_driver_sql("VACUUM ANALYZE")
+    else:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("ANALYZE")
+    await engine.dispose()
+
+
+def _load_in_child(url: str, n_chunks: int, with_chunks: bool) -> None:
+    if with_chunks:
+        asyncio.run(_build(url, n_chunks))
+    asyncio.run(_add_vectors(url))
+
+
+def _stats(timings: list[float]) -> dict[str, float]:
+    qs = statistics.quantiles(timings, n=100)
+    return {"p50_ms": round(qs[49], 1), "p95_ms": round(qs[94], 1), "max_ms": round(max(timings), 1)}
+
+
+async def _time_dense(
+    engine: AsyncEngine, model_id: int, queries: np.ndarray, scope: RetrievalScope, k: int, small_scope: int
+) -> list[float]:
+    timings = []
+    for q in queries:
+        started = time.perf_counter()
+        async with engine.connect() as conn:
+            hits = await search_dense(conn, model_id, q, scope, k, small_scope=small_scope)
+        timings.append(1000 * (time.perf_counter() - started))
+        assert len(hits) == k, f"{len(hits)} results instead of {k}"
+    return timings
+
+
+async def _time_hybrid(
+    engine: AsyncEngine, model_id: int, queries: np.ndarray, texts: list[str], scope: RetrievalScope, k: int
+) -> list[float]:
+    timings = []
+    for q, query_text in zip(queries, texts, strict=False):
+        started = time.perf_counter()
+        async with engine.connect() as conn:
+            await retrieve(conn, query_text, scope, k)
+            await search_dense(conn, model_id, q, scope, k)
+        timings.append(1000 * (time.perf_counter() - started))
+    return timings
+
+
+async def _recall(engine: AsyncEngine, model_id: int, queries: np.ndarray, scope: RetrievalScope, k: int) -> float:
+    """Mean share of the exact top k that the default plan returns (below 1 only for HNSW)."""
+    shares = []
+    async with engine.connect() as conn:
+        for q in queries:
+            exact = await search_dense(conn, model_id, q, scope, k, small_scope=10**9)
+            got = await search_dense(conn, model_id, q, scope, k)
+            shares.append(len({c for c, _ in exact} & {c for c, _ in got}) / k)
+    return statistics.mean(shares)
+
+
+async def _measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    engine = create_async_engine(url, pool_size=2)
+    rng = np.random.default_rng(7)
+    queries = _unit(rng, args.queries)
+    texts = _queries()[: args.queries]
+    scopes = {
+        "1% (1 group)": RetrievalScope(frozenset({0}), False),
+        "10% (10 groups)": RetrievalScope(frozenset(range(10)), False),
+        "100% (all groups + public)": RetrievalScope(frozenset(range(GROUPS)), True),
+    }
+    result: dict[str, Any] = {}
+    async with engine.connect() as conn:
+        model = next(m for m in await list_models(conn) if m.name == MODEL)
+        result["vectors"] = (
+            await conn.execute(text("SELECT count(*) FROM rag_vectors WHERE model_id = :m"), {"m": model.id})
+        ).scalar_one()
+    rss_before = _rss_mb()
+    started = time.perf_counter()
+    await _time_dense(engine, model.id, queries[:1], scopes["100% (all groups + public)"], args.k, SMALL_SCOPE)
+    result["first_query_ms"] = round(1000 * (time.perf_counter() - started), 1)
+    result["rss_before_first_query_mb"] = round(rss_before, 1)
+    # Warm the database caches (and the analyser's), as a running server would have them.
+    for scope in scopes.values():
+        await _time_dense(engine, model.id, queries[:20], scope, args.k, SMALL_SCOPE)
+    await _time_hybrid(engine, model.id, queries[:50], texts[:50], scopes["1% (1 group)"], args.k)
+    for label, scope in scopes.items():
+        dense = _stats(await _time_dense(engine, model.id, queries, scope, args.k, SMALL_SCOPE))
+        hybrid = _stats(await _time_hybrid(engine, model.id, queries, texts, scope, args.k))
+        result[label] = {"dense": dense, "hybrid": hybrid}
+        print(
+            f"  {label:28s} dense p50 {dense['p50_ms']:6.1f} p95 {dense['p95_ms']:6.1f} ms   "
+            f"hybrid p50 {hybrid['p50_ms']:6.1f} p95 {hybrid['p95_ms']:6.1f} ms",
+            file=sys.stderr,
+        )
+    # The alternative plans, for the record: every scope scored exhaustively, every scope "large".
+    for label in ("10% (10 groups)", "100% (all groups + public)"):
+        exact = _stats(await _time_dense(engine, model.id, queries[:50], scopes[label], args.k, 10**9))
+        result[label]["dense_exhaustive"] = exact
+        print(f"  {label:28s} exhaustive (exact) dense p50 {exact['p50_ms']:6.1f} ms", file=sys.stderr)
+    large = _stats(await _time_dense(engine, model.id, queries[:50], scopes["1% (1 group)"], args.k, 0))
+    result["1% (1 group)"]["dense_large_plan"] = large
+    print(f"  {'1% (1 group)':28s} large-scope plan dense p50 {large['p50_ms']:6.1f} ms", file=sys.stderr)
+    share = await _recall(engine, model.id, queries[:50], scopes["100% (all groups + public)"], args.k)
+    result["top_k_recall_wide_scope"] = round(share, 4)
+    print(f"  top-{args.k} recall against exact search (wide scope): {share:.4f}", file=sys.stderr)
+    result["load_average"] = round(os.getloadavg()[0], 2)
+    result["rss_mb"] = round(_rss_mb(), 1)
+    result["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    await engine.dispose()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--workdir", default="/tmp/pgpt-bench-vectors")
+    parser.add_argument("--retrieval-workdir", default="/tmp/pgpt-bench", help="bench_retrieval.py's databases")
+    parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--queries", type=int, default=300)
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        print(f"{backend}:", file=sys.stderr)
+        seed = Path(args.retrieval_workdir) / f"bench-{args.chunks}.db"
+        url, fresh = bench_database(backend, workdir, args.chunks, args.rebuild)
+        with_chunks = True
+        if backend == "sqlite" and fresh and seed.exists():
+            # The same corpus as bench_retrieval.py's: copied, not loaded again.
+            shutil.copyfile(seed, workdir / f"bench-{args.chunks}.db")
+            with_chunks = False
+        if fresh:
+            load_in_child(backend, _load_in_child, url, args.chunks, with_chunks)
+        report[backend] = asyncio.run(_measure(url, args))
+        print(f"  RSS {report[backend]['rss_mb']} MB (max {report[backend]['max_rss_mb']} MB)", file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

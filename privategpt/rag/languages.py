@@ -67,7 +67,12 @@ def _identifier() -> Any:
 def detect(text: str) -> tuple[str, float] | None:
     """The most probable language of `text` and its probability, or None when the text is too short."""
     sample = text[:_SAMPLE_CHARS]
-    if sum(ch.isalpha() for ch in sample) < MIN_LETTERS:
+    letters = [ch for ch in sample if ch.isalpha()]
+    if len(letters) < MIN_LETTERS:
+        return None
+    if 2 * sum(0x0E00 <= ord(ch) <= 0x0E7F for ch in letters) > len(letters):
+        # Thai has no profile among the contract's languages (its segmentation goes by script anyway):
+        # naming another language here would only mislabel the chunk.
         return None
     identifier = _load("py3langid", _identifier)
     if identifier is None:

@@ -24,7 +24,8 @@ from privategpt.worker.queue import ClaimedJob
 
 logger = logging.getLogger(__name__)
 
-# Sources carry no language yet; the hybrid-retrieval issue makes analysis language-aware.
+# Each chunk is analysed in its detected language; this one is assumed where a whole source is too
+# short to tell (sources carry no language of their own).
 LANGUAGE = "en"
 
 NO_TEXT = "The content contains no searchable text."

@@ -22,6 +22,7 @@ See docs/retrieval.md ("Dense vectors") for the measurements behind the threshol
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
@@ -507,6 +508,13 @@ class _DenseIndex:
 
 _INDEXES: dict[tuple[str, int], _DenseIndex] = {}
 _INDEXES_LOCK = threading.Lock()
+_LOAD_LOCKS: dict[tuple[int, tuple[str, int]], asyncio.Lock] = {}
+
+
+def _load_lock(key: tuple[str, int]) -> asyncio.Lock:
+    """The lock serialising whole loads of one index within this event loop."""
+    with _INDEXES_LOCK:
+        return _LOAD_LOCKS.setdefault((id(asyncio.get_running_loop()), key), asyncio.Lock())
 
 
 def _database_key(conn: AsyncConnection) -> str:
@@ -533,25 +541,13 @@ async def _current_index(conn: AsyncConnection, model: EmbeddingModel) -> _Dense
     if index.watermark >= newest and index.watermark >= 0:
         return index
     if index.watermark < pruned or index.watermark < 0 or index.watermark > newest:
-        # First use, or the log no longer reaches back to our watermark (or the database was replaced):
-        # load the model's vectors whole. The watermark is read before the vectors, so anything that
-        # commits in between is also in the log past it and applied again (idempotent) next time.
-        fresh = _DenseIndex(instance, model.dimension)
-        total = (
-            await conn.execute(text("SELECT count(*) FROM rag_vectors WHERE model_id = :m"), {"m": model.id})
-        ).scalar_one()
-        fresh.reserve(int(total))
-        # Streamed in slices: the whole table's blobs at once would double the process's peak memory.
-        stream = await conn.stream(
-            text("SELECT chunk_id, vector FROM rag_vectors WHERE model_id = :m"), {"m": model.id}
-        )
-        async for part in stream.partitions(4096):
-            fresh.apply([(int(c), bytes(v)) for c, v in part])
-        fresh.watermark = newest
-        with _INDEXES_LOCK:
-            _INDEXES[key] = fresh
-            _evict_others(database, instance, await _live_models(conn))
-        return fresh
+        # First use, or the log no longer reaches back to our watermark (or the database was replaced).
+        # One load at a time: concurrent first queries would each hold a copy of every vector.
+        async with _load_lock(key):
+            current = _INDEXES.get(key)
+            if current is not None and current is not index and current.watermark >= 0:
+                return await _current_index(conn, model)  # loaded meanwhile: only bring it up to date
+            return await _load_whole(conn, key, instance, model, newest)
     start = index.watermark
     # The current state of every chunk the log mentions past the watermark, not a replay of the log:
     # applying it is idempotent, whatever another connection of this process applied meanwhile.
@@ -564,11 +560,37 @@ async def _current_index(conn: AsyncConnection, model: EmbeddingModel) -> _Dense
         {"m": model.id, "lo": start, "hi": newest},
     )
     changes = [(int(c), None if v is None else bytes(v)) for c, v in rows]
+    pruned = int((await conn.execute(text("SELECT pruned_through FROM rag_vector_log_state"))).scalar_one())
+    if pruned > start:
+        # A writer pruned the log while we read it: what we read may lack entries.
+        return await _load_whole(conn, key, instance, model, newest)
     with index.lock:
         if index.watermark < newest:
             index.apply(changes)
             index.watermark = newest
     return index
+
+
+async def _load_whole(
+    conn: AsyncConnection, key: tuple[str, int], instance: str, model: EmbeddingModel, newest: int
+) -> _DenseIndex:
+    """Load the model's vectors whole, as of log id `newest` (read before the vectors: anything that
+    commits in between is also in the log past it, and applied again, idempotently, next time)."""
+    fresh = _DenseIndex(instance, model.dimension)
+    total = (
+        await conn.execute(text("SELECT count(*) FROM rag_vectors WHERE model_id = :m"), {"m": model.id})
+    ).scalar_one()
+    fresh.reserve(int(total))
+    # Streamed in slices: the whole table's blobs at once would double the process's peak memory.
+    stream = await conn.stream(text("SELECT chunk_id, vector FROM rag_vectors WHERE model_id = :m"), {"m": model.id})
+    async for part in stream.partitions(4096):
+        fresh.apply([(int(c), bytes(v)) for c, v in part])
+    fresh.watermark = newest
+    live = await _live_models(conn)
+    with _INDEXES_LOCK:
+        _INDEXES[key] = fresh
+        _evict_others(key[0], instance, live)
+    return fresh
 
 
 async def _live_models(conn: AsyncConnection) -> set[int]:

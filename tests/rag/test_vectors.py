@@ -5,6 +5,7 @@ Vectors are synthetic (seeded random unit vectors): these tests pin the store, n
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
@@ -315,3 +316,18 @@ async def test_pruned_log_makes_a_stale_index_reload(engine: AsyncEngine, monkey
     async with engine.connect() as conn:
         hits = await search_dense(conn, model.id, q, PUBLIC, 30, small_scope=0)
     assert sorted(c for c, _ in hits) == chunks[1:]
+
+
+async def test_concurrent_first_searches_agree(engine: AsyncEngine) -> None:
+    """A server's first queries arrive together; they share one load of the index."""
+    rng = np.random.default_rng(11)
+    queries = _unit(rng, 4)
+    _, model, _ = await _public_corpus(engine, rng, 30, with_vectors=30)
+
+    async def search(q: npt.NDArray[np.float32], small_scope: int) -> list[tuple[int, float]]:
+        async with engine.connect() as conn:
+            return await search_dense(conn, model.id, q, PUBLIC, 5, small_scope=small_scope)
+
+    together = await asyncio.gather(*(search(q, 0) for q in queries))
+    one_by_one = [await search(q, vec.SMALL_SCOPE) for q in queries]
+    assert [[c for c, _ in r] for r in together] == [[c for c, _ in r] for r in one_by_one]

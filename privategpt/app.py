@@ -21,6 +21,7 @@ from privategpt.errors import UnexpectedErrorMiddleware, envelope, install_error
 from privategpt.llm import build_language_model
 from privategpt.middleware import BodyMiddleware
 from privategpt.migrate import upgrade_database
+from privategpt.reranking import build_reranker
 from privategpt.schemas import Envelope
 from privategpt.sources.embedding import start_dense_retrieval
 from privategpt.worker.handlers import build_worker
@@ -42,10 +43,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database = Database(settings)
         app.state.llm = build_language_model(settings)
         dense = None
+        reranker = build_reranker(settings)
         try:
             await upgrade_database(database.engine)
             dense = await start_dense_retrieval(database, settings)
-            context = AppContext(settings=settings, database=database, passwords=Passwords(settings), dense=dense)
+            context = AppContext(
+                settings=settings, database=database, passwords=Passwords(settings), dense=dense, reranker=reranker
+            )
             await ensure_admin(context)
             app.state.context = context
             app.state.worker = None
@@ -61,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.llm.aclose()
             if dense is not None:
                 await dense.embedder.aclose()
+            if reranker is not None:
+                await reranker.aclose()
             await database.dispose()
 
     app = FastAPI(

@@ -147,10 +147,16 @@ def _eval_command(settings: Settings, args: argparse.Namespace) -> int:
 
     from privategpt.embeddings import build_embedder
     from privategpt.rag.embedding_cache import EmbeddingCache
-    from privategpt.rag.evaluation import results_table, run_evaluation
-    from privategpt.rag.hybrid import MODES, RetrievalMode
+    from privategpt.rag.evaluation import EVAL_MODES, EvalMode, results_table, run_evaluation
+    from privategpt.reranking import build_reranker
 
-    modes: list[RetrievalMode] = list(MODES) if args.mode == "all" else [args.mode]
+    reranker = build_reranker(settings)
+    modes: list[EvalMode] = list(EVAL_MODES) if args.mode == "all" else [args.mode]
+    if args.mode == "all" and reranker is None:
+        modes.remove("hybrid-rerank")
+    elif reranker is None and "hybrid-rerank" in modes:
+        print("privategpt: the hybrid-rerank mode needs PGPT_RERANK_BASE_URL", file=sys.stderr)
+        return 1
     embedder = None
     if any(mode != "sparse" for mode in modes):
         model = build_embedder(settings)
@@ -163,7 +169,12 @@ def _eval_command(settings: Settings, args: argparse.Namespace) -> int:
         embedder = EmbeddingCache(model, cache)
     try:
         results = run_evaluation(
-            args.dataset_dir, args.database_url, modes=modes, embedder=embedder, language=args.language
+            args.dataset_dir,
+            args.database_url,
+            modes=modes,
+            embedder=embedder,
+            reranker=reranker,
+            language=args.language,
         )
     except FileNotFoundError as exc:
         print(f"privategpt: not a BEIR data set: {exc}", file=sys.stderr)
@@ -206,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--language", default="en", help="language of the analyser (default en)")
     evaluate.add_argument(
         "--mode",
-        choices=["sparse", "dense", "hybrid", "all"],
+        choices=["sparse", "dense", "hybrid", "hybrid-rerank", "all"],
         default="sparse",
-        help="retrieval mode, or all of them on one index (dense modes use PGPT_EMBEDDING_*)",
+        help="retrieval mode, or all of them on one index (dense modes use PGPT_EMBEDDING_*, reranking PGPT_RERANK_*)",
     )
     evaluate.add_argument(
         "--cache-dir", help="where passage and query vectors are cached (default PGPT_DATA_DIR/eval-cache)"

@@ -171,6 +171,20 @@ class Settings(BaseSettings):
     embedding_threads: int | None = Field(
         None, ge=1, le=256, description="CPU threads of the local model; unset: every CPU the process may use."
     )
+    rerank_base_url: str | None = Field(
+        None,
+        description=(
+            "Base URL of a rerank API (cross-encoder in a model server), e.g. http://localhost:8080 (TEI) or "
+            "http://localhost:8000/v1 (vLLM). Unset: scenarios' use_reranking has no effect."
+        ),
+    )
+    rerank_api: Literal["cohere", "tei"] = Field(
+        "cohere",
+        description="Wire format of POST {base}/rerank: `cohere` (Cohere, Jina, vLLM, llama.cpp, Infinity) or `tei`.",
+    )
+    rerank_model: str | None = Field(None, description="Model name sent to the rerank API (format `cohere`).")
+    rerank_api_key: SecretStr | None = Field(None, description="Bearer key for the rerank API, when it needs one.")
+    rerank_timeout: float = Field(30.0, gt=0, le=600, description="Seconds one rerank request may take.")
     chat_lock_seconds: float = Field(
         30.0,
         ge=1,
@@ -211,6 +225,26 @@ class Settings(BaseSettings):
                 raise ValueError("PGPT_LLM_MODEL is required when PGPT_LLM_BASE_URL is set")
         if self.llm_max_tokens * 2 > self.llm_context_tokens:
             raise ValueError("PGPT_LLM_MAX_TOKENS must be at most half of PGPT_LLM_CONTEXT_TOKENS")
+        return self
+
+    @model_validator(mode="after")
+    def _rerank_consistent(self) -> Settings:
+        if self.rerank_base_url is None:
+            stray = [
+                name
+                for name, given in (
+                    ("PGPT_RERANK_MODEL", self.rerank_model is not None),
+                    ("PGPT_RERANK_API_KEY", self.rerank_api_key is not None),
+                )
+                if given
+            ]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} is set but PGPT_RERANK_BASE_URL is not")
+            return self
+        if not self.rerank_base_url.startswith(("http://", "https://")):
+            raise ValueError("PGPT_RERANK_BASE_URL must start with http:// or https://")
+        if self.rerank_api == "cohere" and not self.rerank_model:
+            raise ValueError("PGPT_RERANK_MODEL is required with PGPT_RERANK_BASE_URL (API cohere)")
         return self
 
     @model_validator(mode="after")

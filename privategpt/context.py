@@ -1,4 +1,4 @@
-"""What one server process holds for its lifetime: settings, database, password hasher, dense retrieval."""
+"""What one server process holds for its lifetime: settings, database, password hasher, retrieval models."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from privategpt.auth.passwords import Passwords
 from privategpt.config import Settings
 from privategpt.db import Database
 from privategpt.rag.hybrid import DenseIndex
+from privategpt.reranking import Reranker
 
 
 @dataclass
@@ -19,6 +20,8 @@ class AppContext:
     passwords: Passwords
     # None when no embedder is configured (PGPT_EMBEDDING_BACKEND=none): retrieval is BM25 only.
     dense: DenseIndex | None = field(default=None)
+    # None when no rerank server is configured: scenarios' use_reranking then changes nothing.
+    reranker: Reranker | None = field(default=None)
 
 
 def get_context(request: Request) -> AppContext:

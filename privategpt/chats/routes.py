@@ -136,14 +136,18 @@ async def _respond(
     ctx = get_context(request)
     if not _wants_stream(request):
         async with aclosing(
-            service.ask(ctx.database, ctx.settings, llm, caller, question, stream=False, dense=ctx.dense)
+            service.ask(
+                ctx.database, ctx.settings, llm, caller, question, stream=False, dense=ctx.dense, reranker=ctx.reranker
+            )
         ) as events:
             async for event in events:
                 if isinstance(event, service.Answered):
                     return _answer_envelope(event.result)
         raise RuntimeError("the chat pipeline ended without an answer")
 
-    events = service.ask(ctx.database, ctx.settings, llm, caller, question, stream=True, dense=ctx.dense)
+    events = service.ask(
+        ctx.database, ctx.settings, llm, caller, question, stream=True, dense=ctx.dense, reranker=ctx.reranker
+    )
     # Run up to the model's first piece here, so that refusals and a model that fails at once are
     # answered with their status code rather than inside a stream that already said 200.
     ready: list[service.ChatEvent] = []

@@ -42,6 +42,7 @@ from privategpt.llm import LanguageModel, Prompt, sampling_for
 from privategpt.models import Chat, ChatMessage, Scenario, Source, new_uuid, utcnow
 from privategpt.rag import RetrievalScope, ScoredChunk
 from privategpt.rag.hybrid import DenseIndex, RetrievalMode, retrieve
+from privategpt.reranking import Reranker
 from privategpt.scenarios import service as scenarios
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ async def ask(
     *,
     stream: bool,
     dense: DenseIndex | None = None,
+    reranker: Reranker | None = None,
 ) -> AsyncGenerator[ChatEvent]:
     """Answer a question; when streaming, yields `Started` and the answer's pieces; always ends with `Answered`."""
     async with database.session(write=False) as session:
@@ -128,7 +130,9 @@ async def ask(
         # 2. Access, again on every question.
         scope = access.retrieval_scope(caller, chat.groups, chat.use_public)
         searched = not scope.is_empty and scenario.context_retriever_type != "none"
-        retrieve_passages = functools.partial(_retrieve, settings, scenario, scope, question.text, chat.language, dense)
+        retrieve_passages = functools.partial(
+            _retrieve, settings, scenario, scope, question.text, chat.language, dense, reranker
+        )
 
         # A new chat is unknown to everyone until it is saved: it needs no lock and has no history, so its
         # passages are read right here, in the same short transaction.
@@ -242,6 +246,7 @@ async def _retrieve(
     query: str,
     language: str,
     dense: DenseIndex | None,
+    reranker: Reranker | None,
     session: AsyncSession,
 ) -> list[Candidate]:
     """Passages from the documents in scope: chunks, or whole documents for `document_store`."""
@@ -255,6 +260,7 @@ async def _retrieve(
         scenario.similarity_threshold,
         _retrieval_mode(scenario),
         dense=dense,
+        reranker=reranker if scenario.use_reranking else None,
         language=language,
     )
     if not whole_documents:

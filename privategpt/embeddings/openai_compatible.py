@@ -19,10 +19,10 @@ import httpx
 import numpy as np
 
 from privategpt.embeddings.base import EmbeddingFailed, Vectors
+from privategpt.model_client import model_server_client
 
 logger = logging.getLogger(__name__)
 
-_CONNECT_TIMEOUT = 10.0
 # Requests in flight for one embed_passages call: servers batch concurrent requests, but a few suffice.
 _CONCURRENT_REQUESTS = 4
 
@@ -53,14 +53,7 @@ class OpenAICompatibleEmbedder:
         self.passage_prefix = passage_prefix
         self.send_input_type = send_input_type
         self._dimension = dimension
-        headers = {"Accept": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(_CONNECT_TIMEOUT, timeout)),
-        )
+        self._client = model_server_client(self.base_url, api_key=api_key, timeout=timeout)
 
     @property
     def model_name(self) -> str:

@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 
 from privategpt.llm.base import LLMFailed, LLMTimeout, LLMUnavailable, Prompt, Sampling
+from privategpt.model_client import model_server_client
 
 logger = logging.getLogger(__name__)
-
-_CONNECT_TIMEOUT = 10.0
 
 
 class OpenAICompatibleLLM:
@@ -39,14 +38,11 @@ class OpenAICompatibleLLM:
         self.model = model
         self.timeout = timeout
         self.max_tokens = max_tokens
-        headers = {"Accept": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
-            # The total deadline is enforced around each call; these only bound single network steps.
-            timeout=httpx.Timeout(timeout, connect=min(_CONNECT_TIMEOUT, timeout)),
+        # The total deadline is enforced around each call; the client's timeout only bounds single network steps.
+        self._client = model_server_client(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
             # Every concurrent chat holds one connection while its answer is produced.
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
         )

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 from sqlalchemy import make_url, text
@@ -45,6 +45,11 @@ from privategpt.rag.retrieval import (
 )
 from privategpt.rag.schema import ddl_for, standalone_host_ddl
 from privategpt.rag.vector_schema import vector_ddl_for
+from privategpt.reranking import Reranker
+
+# The retrieval modes, and hybrid retrieval reranked by the configured rerank server.
+EvalMode = Literal["sparse", "dense", "hybrid", "hybrid-rerank"]
+EVAL_MODES: tuple[EvalMode, ...] = ("sparse", "dense", "hybrid", "hybrid-rerank")
 
 PUBLIC = RetrievalScope(group_ids=frozenset(), include_public=True)
 # Chunks retrieved per query: enough to rank 100 distinct documents for Recall@100.
@@ -257,8 +262,9 @@ async def evaluate_modes(
     dataset_dir: str | os.PathLike[str],
     database_url: str | None = None,
     *,
-    modes: Sequence[RetrievalMode] = ("sparse",),
+    modes: Sequence[EvalMode] = ("sparse",),
     embedder: Embedder | None = None,
+    reranker: Reranker | None = None,
     language: str = "en",
     params: Bm25Params = DEFAULT_PARAMS,
     options: ChunkingOptions | None = None,
@@ -266,6 +272,8 @@ async def evaluate_modes(
     """Index a BEIR directory into a scratch database once and measure nDCG@10 and Recall@100 per mode."""
     if embedder is None and any(mode != "sparse" for mode in modes):
         raise ValueError("dense and hybrid modes need an embedding model (PGPT_EMBEDDING_BACKEND)")
+    if reranker is None and "hybrid-rerank" in modes:
+        raise ValueError("the hybrid-rerank mode needs a rerank server (PGPT_RERANK_BASE_URL)")
     dataset = await asyncio.to_thread(load_beir, dataset_dir)
     results: list[EvalResult] = []
     async with scratch_engine(database_url) as engine:
@@ -293,8 +301,10 @@ async def evaluate_modes(
             async with engine.connect() as conn:
                 for query_id in judged_queries:
                     hits = await retrieve(
-                        conn, dataset.queries[query_id], PUBLIC, _CHUNKS_PER_QUERY, 0.0, mode, dense=dense,
-                        query_vector=query_vectors.get(query_id), language=language, params=params,
+                        conn, dataset.queries[query_id], PUBLIC, _CHUNKS_PER_QUERY, 0.0,
+                        "hybrid" if mode == "hybrid-rerank" else mode, dense=dense,
+                        query_vector=query_vectors.get(query_id),
+                        reranker=reranker if mode == "hybrid-rerank" else None, language=language, params=params,
                     )  # fmt: skip
                     ranked = list(dict.fromkeys(doc_of_source[h.source_id] for h in hits))
                     ndcg[query_id] = ndcg_at(ranked, dataset.qrels[query_id])
@@ -348,8 +358,9 @@ def run_evaluation(
     dataset_dir: str | os.PathLike[str],
     database_url: str | None = None,
     *,
-    modes: Sequence[RetrievalMode] = ("sparse",),
+    modes: Sequence[EvalMode] = ("sparse",),
     embedder: Embedder | None = None,
+    reranker: Reranker | None = None,
     language: str = "en",
     params: Bm25Params = DEFAULT_PARAMS,
 ) -> list[EvalResult]:
@@ -358,11 +369,18 @@ def run_evaluation(
     async def run() -> list[EvalResult]:
         try:
             return await evaluate_modes(
-                dataset_dir, database_url, modes=modes, embedder=embedder, language=language, params=params
+                dataset_dir,
+                database_url,
+                modes=modes,
+                embedder=embedder,
+                reranker=reranker,
+                language=language,
+                params=params,
             )
         finally:
-            if embedder is not None:
-                await embedder.aclose()
+            for model in (embedder, reranker):
+                if model is not None:
+                    await model.aclose()
 
     return asyncio.run(run())
 

@@ -15,6 +15,7 @@ until the switch-over `hybrid` and `dense` fall back to BM25 alone rather than r
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -29,6 +30,9 @@ from privategpt.rag.retrieval import DEFAULT_PARAMS, Bm25Params, ScoredChunk
 from privategpt.rag.retrieval import retrieve as retrieve_sparse
 from privategpt.rag.store import RetrievalScope, store_for
 from privategpt.rag.vectors import ChunkToEmbed, EmbeddingModel
+from privategpt.reranking import Reranker, RerankFailed
+
+logger = logging.getLogger(__name__)
 
 RetrievalMode = Literal["sparse", "dense", "hybrid"]
 MODES: tuple[RetrievalMode, ...] = ("sparse", "dense", "hybrid")
@@ -37,6 +41,8 @@ MODES: tuple[RetrievalMode, ...] = ("sparse", "dense", "hybrid")
 CANDIDATES = 100
 # Weight of BM25 in the fused score; the rest is the dense side's.
 SPARSE_WEIGHT = 0.5
+# Candidates a reranker orders again (at least k); cross-encoders cost a model call per passage.
+RERANK_CANDIDATES = 30
 
 
 @dataclass(frozen=True)
@@ -52,10 +58,15 @@ class DenseIndex:
         return bool(state == "active")
 
 
+def passage_text(source_name: str, heading_path: Sequence[str], text: str) -> str:
+    """What a model reads of a chunk (embedder, reranker): its document's name and heading path lead it."""
+    heading = " > ".join(h for h in heading_path if h and h != source_name)
+    return "\n".join(part for part in (source_name, heading, text) if part)
+
+
 def chunk_embedding_text(chunk: ChunkToEmbed) -> str:
-    """What is embedded for a chunk: its document's name and heading path lead it, as in the lexical index."""
-    heading = " > ".join(h for h in chunk.heading_path if h and h != chunk.source_name)
-    return "\n".join(part for part in (chunk.source_name, heading, chunk.text) if part)
+    """The text embedded for a chunk."""
+    return passage_text(chunk.source_name, chunk.heading_path, chunk.text)
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,7 @@ async def retrieve(
     *,
     dense: DenseIndex | None = None,
     query_vector: Vectors | None = None,
+    reranker: Reranker | None = None,
     language: str = "en",
     params: Bm25Params = DEFAULT_PARAMS,
 ) -> list[ScoredChunk]:
@@ -107,34 +119,65 @@ async def retrieve(
 
     `dense` is needed for the dense and hybrid modes, which fall back to BM25 without it (or while its
     model is still being built). `query_vector` saves embedding the query again when the caller has it.
+    With a `reranker`, the best `RERANK_CANDIDATES` of the mode's ranking are ordered again by it, and
+    its score (0..1) is the one reported and held against `threshold`.
     """
     if k <= 0 or scope.is_empty:
         return []
     if mode != "sparse" and (dense is None or not await dense.is_active(conn)):
         mode = "sparse"
-    if mode == "sparse":
+    if mode == "sparse" and reranker is None:
         return await retrieve_sparse(conn, query, scope, k, threshold, language=language, params=params)
-    assert dense is not None
-    if query_vector is None:
-        query_vector = await dense.embedder.embed_query(query)
     width = max(k, CANDIDATES)
-    dense_hits = [
-        _Hit(chunk_id, max(0.0, score))
-        for chunk_id, score in await vectors.search_dense(conn, dense.model.id, query_vector, scope, width)
-    ]
-    if mode == "dense":
-        ranked = dense_hits
-        known: dict[int, ScoredChunk] = {}
-    else:
+    known: dict[int, ScoredChunk] = {}
+    if mode == "sparse":
         sparse_chunks = await retrieve_sparse(conn, query, scope, width, 0.0, language=language, params=params)
         known = {c.chunk_id: c for c in sparse_chunks}
-        ranked = fuse([_Hit(c.chunk_id, c.score) for c in sparse_chunks], dense_hits)
+        ranked = [_Hit(c.chunk_id, c.score) for c in sparse_chunks]
+    else:
+        assert dense is not None
+        if query_vector is None:
+            query_vector = await dense.embedder.embed_query(query)
+        dense_hits = [
+            _Hit(chunk_id, max(0.0, score))
+            for chunk_id, score in await vectors.search_dense(conn, dense.model.id, query_vector, scope, width)
+        ]
+        if mode == "dense":
+            ranked = dense_hits
+        else:
+            sparse_chunks = await retrieve_sparse(conn, query, scope, width, 0.0, language=language, params=params)
+            known = {c.chunk_id: c for c in sparse_chunks}
+            ranked = fuse([_Hit(c.chunk_id, c.score) for c in sparse_chunks], dense_hits)
+    if reranker is not None:
+        ranked = ranked[: max(k, RERANK_CANDIDATES)]
+        await _read_chunks(conn, scope, known, ranked)
+        ranked = await _rerank(reranker, query, [h for h in ranked if h.chunk_id in known], known)
     top = [h for h in ranked if h.score >= threshold][:k]
-    missing = [h.chunk_id for h in top if h.chunk_id not in known]
+    await _read_chunks(conn, scope, known, top)
+    return [dataclasses.replace(known[hit.chunk_id], score=hit.score) for hit in top if hit.chunk_id in known]
+
+
+async def _read_chunks(
+    conn: AsyncConnection, scope: RetrievalScope, known: dict[int, ScoredChunk], hits: Sequence[_Hit]
+) -> None:
+    """Add the chunks of `hits` not read yet to `known`, read under the scope again as BM25's rows are:
+    a source deleted or regrouped since its vectors were searched drops out."""
+    missing = [h.chunk_id for h in hits if h.chunk_id not in known]
     if missing:
-        # Read under the scope again, as BM25's rows are: a source deleted or regrouped meanwhile drops out.
         for row in await store_for(conn).fetch(conn, scope, missing):
             known[row.chunk_id] = ScoredChunk(
                 row.chunk_id, row.source_id, row.source_name, row.text, row.heading_path, 0.0
             )
-    return [dataclasses.replace(known[hit.chunk_id], score=hit.score) for hit in top if hit.chunk_id in known]
+
+
+async def _rerank(reranker: Reranker, query: str, hits: list[_Hit], known: dict[int, ScoredChunk]) -> list[_Hit]:
+    """`hits` ordered by the reranker; unchanged when it fails (retrieval must not fail with it)."""
+    passages = [passage_text(c.source_name, c.heading_path, c.text) for c in (known[h.chunk_id] for h in hits)]
+    try:
+        scores = await reranker.rerank(query, passages)
+    except RerankFailed as exc:
+        logger.warning("Reranking skipped: %s", exc)
+        return hits
+    reranked = [_Hit(h.chunk_id, s) for h, s in zip(hits, scores, strict=True)]
+    # A stable sort: passages the reranker scores alike keep their order from the first ranking.
+    return sorted(reranked, key=lambda h: -h.score)

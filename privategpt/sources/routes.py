@@ -131,6 +131,7 @@ async def search(body: SearchRequest, session: DbSession, ctx: Context, caller: 
         body.k,
         mode=body.mode or ("hybrid" if ctx.dense is not None else "sparse"),
         dense=ctx.dense,
+        reranker=ctx.reranker if body.rerank else None,
         language=caller.user.language,
     )
     hits = [

@@ -78,6 +78,9 @@ class SearchRequest(RequestModel):
             "configured, else sparse - what a chat with the default scenario retrieves."
         ),
     )
+    rerank: bool = Field(
+        False, description="Order the candidates again with the configured rerank server (PGPT_RERANK_BASE_URL)."
+    )
 
     @field_validator("query")
     @classmethod

@@ -12,6 +12,7 @@ when a package is missing, overlapping character bigrams take over (worse rankin
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -32,8 +33,9 @@ MIN_CONFIDENCE = 0.6
 # A query detected at this probability is read in its detected language alone (see analyzer.query_terms).
 CERTAIN = 0.95
 # Detection reads this much of a text: more changes nothing but costs linearly.
-_SAMPLE_CHARS = 512
+_SAMPLE_CHARS = 300
 
+_THAI = re.compile("[\u0e00-\u0e7f]")
 _lock = threading.Lock()
 _loaded: dict[str, Any] = {}
 
@@ -67,10 +69,11 @@ def _identifier() -> Any:
 def detect(text: str) -> tuple[str, float] | None:
     """The most probable language of `text` and its probability, or None when the text is too short."""
     sample = text[:_SAMPLE_CHARS]
-    letters = [ch for ch in sample if ch.isalpha()]
-    if len(letters) < MIN_LETTERS:
+    # Counted in C (map, regex): a loop over characters here cost as much as the detection itself.
+    letters = sum(map(str.isalpha, sample))
+    if letters < MIN_LETTERS:
         return None
-    if 2 * sum(0x0E00 <= ord(ch) <= 0x0E7F for ch in letters) > len(letters):
+    if 2 * len(_THAI.findall(sample)) > letters:
         # Thai has no profile among the contract's languages (its segmentation goes by script anyway):
         # naming another language here would only mislabel the chunk.
         return None

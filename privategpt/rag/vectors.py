@@ -355,6 +355,8 @@ def _sql_store(conn: AsyncConnection) -> _SqlStore:
 # visible chunks of a large scope costs about as much as the dense scoring itself.
 LARGE_SCOPE_TTL_S = 10.0
 _LARGE_SCOPES: dict[tuple[str, frozenset[int], bool, int], tuple[float, int]] = {}
+# Per scope, the share of the best-scoring candidates that its last large-scope search found visible.
+_SHARES: dict[tuple[str, frozenset[int], bool, int], float] = {}
 
 
 def _scope_key(conn: AsyncConnection, scope: RetrievalScope, cap: int) -> tuple[str, frozenset[int], bool, int]:
@@ -662,11 +664,15 @@ async def _search_sqlite_large(
     n = len(ids)
     if n == 0:
         return []
-    # Start with what a wide scope needs and widen fourfold each round (a 10 % scope takes two rounds).
-    # All ties with the last candidate are included, so every chunk not yet checked scores strictly
-    # below every checked one.
-    want = min(n, MAX_FIRST_CANDIDATES, FIRST_CANDIDATES_PER_K * k)
+    # Start from the share of candidates this scope's last search found visible (a hint: wide scopes
+    # need few candidates, a 10 % scope ten times more) and widen by what this search observes. All ties
+    # with the last candidate are included, so every chunk not yet checked scores strictly below every
+    # checked one: the result is exact whatever the hint.
+    hint = _scope_key(conn, scope, 0)
+    share = _SHARES.get(hint, 1.0)
+    want = min(n, MAX_FIRST_CANDIDATES, max(FIRST_CANDIDATES_PER_K * k, math.ceil(1.5 * k / share)))
     checked_above = math.inf
+    checked = 0
     found_ids: list[int] = []
     found_scores: list[float] = []
     while True:
@@ -679,10 +685,15 @@ async def _search_sqlite_large(
             if chunk_id in visible:
                 found_ids.append(chunk_id)
                 found_scores.append(score)
+        checked += len(band_ids)
+        share = max(len(found_ids), 1) / max(checked, 1)
         if len(found_ids) >= k or want >= n:
             break
         checked_above = threshold
-        want = min(n, want * 4)
+        want = min(n, max(2 * want, math.ceil(1.5 * k / share)))
+    if len(_SHARES) > 1000:
+        _SHARES.clear()
+    _SHARES[hint] = share
     return _best(np.array(found_ids, dtype=np.int64), np.array(found_scores, dtype=np.float32), k)
 
 

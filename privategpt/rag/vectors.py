@@ -391,17 +391,15 @@ async def _visible_chunk_ids(conn: AsyncConnection, scope: RetrievalScope, limit
     return [int(r[0]) for r in rows]
 
 
-async def _visible_among(conn: AsyncConnection, scope: RetrievalScope, chunk_ids: Sequence[int]) -> set[int]:
+async def _visible_sources_among(conn: AsyncConnection, scope: RetrievalScope, source_ids: Sequence[str]) -> set[str]:
+    """Those of these sources that are searchable in the scope."""
     store = _sql_store(conn)
-    visible: set[int] = set()
-    for start in range(0, len(chunk_ids), _SQLITE_IDS_PER_QUERY):
-        batch = list(chunk_ids[start : start + _SQLITE_IDS_PER_QUERY])
-        sql = (
-            "SELECT c.id FROM rag_chunks c CROSS JOIN sources s "
-            f"WHERE {store._in('c.id', 'chunks')} AND s.id = c.source_id AND {store._visible(scope)}"
-        )
-        params = {**store._scope_params(scope), "chunks": batch}
-        visible.update(int(r[0]) for r in await conn.execute(store._bind(sql, *params), params))
+    visible: set[str] = set()
+    for start in range(0, len(source_ids), _SQLITE_IDS_PER_QUERY):
+        batch = list(source_ids[start : start + _SQLITE_IDS_PER_QUERY])
+        sql = f"SELECT s.id FROM sources s WHERE {store._in('s.id', 'sources')} AND {store._visible(scope)}"
+        params = {**store._scope_params(scope), "sources": batch}
+        visible.update(str(r[0]) for r in await conn.execute(store._bind(sql, *params), params))
     return visible
 
 
@@ -457,6 +455,11 @@ class _DenseIndex:
         self.lock = threading.Lock()
         self.matrix: Matrix = np.zeros((0, dimension), dtype=np.float32)
         self.ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        # Each row's source, as a key into `source_names`: large scopes check visibility per source,
+        # in the narrow access index, instead of reading each candidate's (wide) chunk row.
+        self.sources: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
+        self.source_keys: dict[str, int] = {}
+        self.source_names: list[str] = []
         self.size = 0
         self.rows: dict[int, int] = {}
         self.free: list[int] = []
@@ -470,15 +473,17 @@ class _DenseIndex:
         matrix[: self.size] = self.matrix[: self.size]
         ids = np.full(capacity, -1, dtype=np.int64)
         ids[: self.size] = self.ids[: self.size]
-        self.matrix, self.ids = matrix, ids
+        sources = np.zeros(capacity, dtype=np.int32)
+        sources[: self.size] = self.sources[: self.size]
+        self.matrix, self.ids, self.sources = matrix, ids, sources
 
-    def apply(self, changes: Sequence[tuple[int, bytes | None]]) -> None:
-        """Set each chunk's vector (None: the chunk has none any more)."""
-        new = [c for c, blob in changes if blob is not None and c not in self.rows]
+    def apply(self, changes: Sequence[tuple[int, bytes | None, str | None]]) -> None:
+        """Set each chunk's vector and source (None: the chunk has no vector any more)."""
+        new = [c for c, blob, _ in changes if blob is not None and c not in self.rows]
         self.reserve(max(0, len(new) - len(self.free)))
-        for chunk_id, blob in changes:
+        for chunk_id, blob, source_id in changes:
             row = self.rows.get(chunk_id)
-            if blob is None:
+            if blob is None or source_id is None:
                 if row is not None:
                     del self.rows[chunk_id]
                     self.ids[row] = -1
@@ -496,6 +501,11 @@ class _DenseIndex:
                 self.rows[chunk_id] = row
                 self.ids[row] = chunk_id
             self.matrix[row] = np.frombuffer(blob, dtype=np.float32)
+            key = self.source_keys.get(source_id)
+            if key is None:
+                key = self.source_keys[source_id] = len(self.source_names)
+                self.source_names.append(source_id)
+            self.sources[row] = key
         if len(self.free) > 1024 and len(self.free) > self.size // 4:
             self._compact()
 
@@ -503,6 +513,7 @@ class _DenseIndex:
         live = np.flatnonzero(self.ids[: self.size] >= 0)
         self.matrix = np.ascontiguousarray(self.matrix[live])
         self.ids = self.ids[live].copy()
+        self.sources = self.sources[live].copy()
         self.size = len(live)
         self.rows = {int(c): i for i, c in enumerate(self.ids)}
         self.free = []
@@ -555,13 +566,14 @@ async def _current_index(conn: AsyncConnection, model: EmbeddingModel) -> _Dense
     # applying it is idempotent, whatever another connection of this process applied meanwhile.
     rows = await conn.execute(
         text(
-            "SELECT l.chunk_id, v.vector FROM (SELECT DISTINCT chunk_id FROM rag_vector_log "
+            "SELECT l.chunk_id, v.vector, c.source_id FROM (SELECT DISTINCT chunk_id FROM rag_vector_log "
             "WHERE model_id = :m AND id > :lo AND id <= :hi) AS l "
-            "LEFT JOIN rag_vectors v ON v.model_id = :m AND v.chunk_id = l.chunk_id"
+            "LEFT JOIN rag_vectors v ON v.model_id = :m AND v.chunk_id = l.chunk_id "
+            "LEFT JOIN rag_chunks c ON c.id = v.chunk_id"
         ),
         {"m": model.id, "lo": start, "hi": newest},
     )
-    changes = [(int(c), None if v is None else bytes(v)) for c, v in rows]
+    changes = [(int(c), None if v is None else bytes(v), None if sid is None else str(sid)) for c, v, sid in rows]
     pruned = int((await conn.execute(text("SELECT pruned_through FROM rag_vector_log_state"))).scalar_one())
     if pruned > start:
         # A writer pruned the log while we read it: what we read may lack entries.
@@ -584,9 +596,15 @@ async def _load_whole(
     ).scalar_one()
     fresh.reserve(int(total))
     # Streamed in slices: the whole table's blobs at once would double the process's peak memory.
-    stream = await conn.stream(text("SELECT chunk_id, vector FROM rag_vectors WHERE model_id = :m"), {"m": model.id})
+    stream = await conn.stream(
+        text(
+            "SELECT v.chunk_id, v.vector, c.source_id FROM rag_vectors v JOIN rag_chunks c ON c.id = v.chunk_id "
+            "WHERE v.model_id = :m"
+        ),
+        {"m": model.id},
+    )
     async for part in stream.partitions(4096):
-        fresh.apply([(int(c), bytes(v)) for c, v in part])
+        fresh.apply([(int(c), bytes(v), str(sid)) for c, v, sid in part])
     fresh.watermark = newest
     live = await _live_models(conn)
     with _INDEXES_LOCK:
@@ -660,6 +678,8 @@ async def _search_sqlite_large(
         # Free rows (id -1, zero vectors) stay in: filtering them out of 100,000 scores costs more
         # than skipping the few that reach a candidate band.
         ids = index.ids[: index.size].copy()
+        sources = index.sources[: index.size].copy()
+        source_names = list(index.source_names)
         scores = index.matrix[: index.size] @ q
     n = len(ids)
     if n == 0:
@@ -677,14 +697,13 @@ async def _search_sqlite_large(
     found_scores: list[float] = []
     while True:
         threshold = float(np.partition(scores, n - want)[n - want]) if want < n else -math.inf
-        band = (scores >= threshold) & (scores < checked_above) & (ids >= 0)
+        band = np.flatnonzero((scores >= threshold) & (scores < checked_above) & (ids >= 0))
         band_ids = ids[band]
-        band_scores = scores[band]
-        visible = await _visible_among(conn, scope, band_ids.tolist())
-        for chunk_id, score in zip(band_ids.tolist(), band_scores.tolist(), strict=True):
-            if chunk_id in visible:
-                found_ids.append(chunk_id)
-                found_scores.append(score)
+        band_sources = sources[band]
+        visible = await _visible_sources_among(conn, scope, [source_names[s] for s in np.unique(band_sources)])
+        keep = np.isin(band_sources, [index.source_keys[v] for v in visible])
+        found_ids += band_ids[keep].tolist()
+        found_scores += scores[band][keep].tolist()
         checked += len(band_ids)
         share = max(len(found_ids), 1) / max(checked, 1)
         if len(found_ids) >= k or want >= n:

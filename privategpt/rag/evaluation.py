@@ -34,7 +34,7 @@ from privategpt.embeddings.base import Embedder, Vectors
 from privategpt.rag import vectors
 from privategpt.rag.chunking import ChunkingOptions
 from privategpt.rag.embedding_cache import EmbeddingCache
-from privategpt.rag.hybrid import DenseIndex, RetrievalMode, chunk_embedding_text, retrieve
+from privategpt.rag.hybrid import DEFAULT_FUSION, DenseIndex, Fusion, RetrievalMode, chunk_embedding_text, retrieve
 from privategpt.rag.retrieval import (
     DEFAULT_PARAMS,
     Bm25Params,
@@ -221,8 +221,7 @@ async def load_corpus(
         batch = items[start : start + _WRITE_BATCH]
         prepared = await asyncio.to_thread(_prepare_batch, batch, start, language, options)
         rows = [
-            {"id": f"d{start + i}", "name": (title or doc_id)[:255], "content": body}
-            for i, (doc_id, (title, body)) in enumerate(batch)
+            {"id": f"d{start + i}", "name": title[:255], "content": body} for i, (_, (title, body)) in enumerate(batch)
         ]
         doc_of_source.update((f"d{start + i}", doc_id) for i, (doc_id, _) in enumerate(batch))
         async with engine.begin() as conn:
@@ -268,8 +267,10 @@ async def evaluate_modes(
     language: str = "en",
     params: Bm25Params = DEFAULT_PARAMS,
     options: ChunkingOptions | None = None,
+    fusions: Sequence[Fusion] = (DEFAULT_FUSION,),
 ) -> list[EvalResult]:
-    """Index a BEIR directory into a scratch database once and measure nDCG@10 and Recall@100 per mode."""
+    """Index a BEIR directory into a scratch database once and measure nDCG@10 and Recall@100 per mode
+    (the hybrid modes once per fusion in `fusions`)."""
     if embedder is None and any(mode != "sparse" for mode in modes):
         raise ValueError("dense and hybrid modes need an embedding model (PGPT_EMBEDDING_BACKEND)")
     if reranker is None and "hybrid-rerank" in modes:
@@ -294,7 +295,8 @@ async def evaluate_modes(
             texts = [dataset.queries[q] for q in judged_queries]
             matrix = await _embed_queries(dense.embedder, texts)
             query_vectors = {q: matrix[i] for i, q in enumerate(judged_queries)}
-        for mode in modes:
+        runs = [(mode, fusion) for mode in modes for fusion in (fusions if mode.startswith("hybrid") else fusions[:1])]
+        for mode, fusion in runs:
             ndcg: dict[str, float] = {}
             recall: dict[str, float] = {}
             started = time.perf_counter()
@@ -305,17 +307,19 @@ async def evaluate_modes(
                         "hybrid" if mode == "hybrid-rerank" else mode, dense=dense,
                         query_vector=query_vectors.get(query_id),
                         reranker=reranker if mode == "hybrid-rerank" else None, language=language, params=params,
+                        fusion=fusion,
                     )  # fmt: skip
                     ranked = list(dict.fromkeys(doc_of_source[h.source_id] for h in hits))
                     ndcg[query_id] = ndcg_at(ranked, dataset.qrels[query_id])
                     recall[query_id] = recall_at(ranked, dataset.qrels[query_id])
             query_seconds = time.perf_counter() - started
             n = max(1, len(judged_queries))
+            label = mode if len(fusions) == 1 or not mode.startswith("hybrid") else f"{mode} {_describe(fusion)}"
             results.append(
                 EvalResult(
                     dataset=dataset.name,
                     backend=engine.dialect.name,
-                    mode=mode,
+                    mode=label,
                     documents=len(dataset.corpus),
                     chunks=n_chunks,
                     queries=len(judged_queries),
@@ -327,6 +331,12 @@ async def evaluate_modes(
                 )
             )
     return results
+
+
+def _describe(fusion: Fusion) -> str:
+    if fusion.method == "rrf":
+        return f"rrf k={fusion.rrf_k} w={fusion.sparse_weight:g}"
+    return f"minmax w={fusion.sparse_weight:g}"
 
 
 async def _embed_queries(embedder: Embedder, texts: list[str]) -> Vectors:

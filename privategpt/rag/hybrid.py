@@ -84,19 +84,39 @@ def _minmax(scores: np.ndarray) -> np.ndarray:
     return (scores - low) / (high - low)
 
 
-def fuse(sparse: Sequence[_Hit], dense: Sequence[_Hit], sparse_weight: float = SPARSE_WEIGHT) -> list[_Hit]:
-    """Convex combination of min-max normalised scores, best first (ties by chunk id).
+@dataclass(frozen=True)
+class Fusion:
+    """How the sparse and dense lists become one: `minmax` (convex combination of min-max normalised
+    scores, `sparse_weight` on BM25) or `rrf` (reciprocal rank fusion, 1 / (rrf_k + rank) per list)."""
 
-    The fused score is in 0..1: 1.0 for a chunk that tops both lists; a chunk found by one list only
-    gets at most that list's weight. It ranks within one query's candidates, so a scenario's
-    `similarity_threshold` in hybrid mode keeps the chunks at least that close to the best candidate.
+    method: Literal["minmax", "rrf"] = "minmax"
+    sparse_weight: float = SPARSE_WEIGHT
+    rrf_k: int = 60
+
+
+DEFAULT_FUSION = Fusion()
+
+
+def fuse(sparse: Sequence[_Hit], dense: Sequence[_Hit], fusion: Fusion = DEFAULT_FUSION) -> list[_Hit]:
+    """One ranking from both lists, best first (ties by chunk id).
+
+    With `minmax` (the default, chosen by measurement: docs/retrieval.md) the fused score is in 0..1: 1.0
+    for a chunk that tops both lists; a chunk found by one list only gets at most that list's weight. It
+    ranks within one query's candidates, so a scenario's `similarity_threshold` in hybrid mode keeps the
+    chunks at least that close to the best candidate. With `rrf` it is rescaled to 0..1 the same way.
     """
     fused: dict[int, float] = {}
-    for hits, weight in ((sparse, sparse_weight), (dense, 1.0 - sparse_weight)):
+    weights = (fusion.sparse_weight, 1.0 - fusion.sparse_weight)
+    for hits, weight in zip((sparse, dense), weights, strict=True):
         if not hits:
             continue
-        normalised = _minmax(np.array([h.score for h in hits], dtype=np.float64))
-        for hit, value in zip(hits, normalised.tolist(), strict=True):
+        if fusion.method == "rrf":
+            values = [1.0 / (fusion.rrf_k + rank) for rank in range(1, len(hits) + 1)]
+            best = 1.0 / (fusion.rrf_k + 1)
+            normalised = [v / best for v in values]
+        else:
+            normalised = _minmax(np.array([h.score for h in hits], dtype=np.float64)).tolist()
+        for hit, value in zip(hits, normalised, strict=True):
             fused[hit.chunk_id] = fused.get(hit.chunk_id, 0.0) + weight * value
     return sorted((_Hit(c, s) for c, s in fused.items()), key=lambda h: (-h.score, h.chunk_id))
 
@@ -114,6 +134,7 @@ async def retrieve(
     reranker: Reranker | None = None,
     language: str = "en",
     params: Bm25Params = DEFAULT_PARAMS,
+    fusion: Fusion = DEFAULT_FUSION,
 ) -> list[ScoredChunk]:
     """The `k` best chunks in `scope` for `query`, best first, each scoring at least `threshold`.
 
@@ -147,7 +168,7 @@ async def retrieve(
         else:
             sparse_chunks = await retrieve_sparse(conn, query, scope, width, 0.0, language=language, params=params)
             known = {c.chunk_id: c for c in sparse_chunks}
-            ranked = fuse([_Hit(c.chunk_id, c.score) for c in sparse_chunks], dense_hits)
+            ranked = fuse([_Hit(c.chunk_id, c.score) for c in sparse_chunks], dense_hits, fusion)
     if reranker is not None:
         ranked = ranked[: max(k, RERANK_CANDIDATES)]
         await _read_chunks(conn, scope, known, ranked)

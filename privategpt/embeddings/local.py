@@ -145,6 +145,15 @@ def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
 _model_thread = _ModelThread()
 
 
+def _forget_after_fork() -> None:
+    # A forked child has none of the parent's threads: its first embedding starts its own model thread.
+    global _model_thread
+    _model_thread = _ModelThread()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def fit_to_model(model: Any, text: str, is_query: bool) -> str:
     """`text` cut to the model's token limit (at a space when one is near), and encodable as UTF-8."""
     try:

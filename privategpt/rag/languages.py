@@ -58,6 +58,20 @@ def _load(name: str, loader: Callable[[], Any]) -> Any:
         return _loaded[name]
 
 
+_HAN_OR_KANA = re.compile("[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]")
+
+
+def ready_for(text: str) -> bool:
+    """Whether analysing `text` needs no model loaded first (a first load takes a second or more, which an
+    event loop must not wait for)."""
+    needed = ["py3langid"]
+    if _THAI.search(text):
+        needed.append("pythainlp")
+    if _HAN_OR_KANA.search(text):
+        needed += ["jieba", "fugashi"]
+    return all(name in _loaded for name in needed)
+
+
 def _identifier() -> Any:
     from py3langid.langid import MODEL_FILE, LanguageIdentifier  # type: ignore[import-untyped]
 

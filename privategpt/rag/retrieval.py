@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from privategpt.rag.analyzer import get_analyzer, normalize_language, query_terms
 from privategpt.rag.chunking import ChunkingOptions, chunk_markdown, index_text
-from privategpt.rag.languages import assign_languages
+from privategpt.rag.languages import assign_languages, ready_for
 from privategpt.rag.store import (
     RECORD_SIZE,
     Candidate,
@@ -235,7 +235,10 @@ async def retrieve(
         raise ValueError(f"unsupported retrieval mode: {mode}")
     if k <= 0 or scope.is_empty:
         return []
-    query_tf = query_terms(query, language)
+    if ready_for(query):
+        query_tf = query_terms(query, language)
+    else:  # The process's first such query loads models: seconds that must not block the event loop.
+        query_tf = await asyncio.to_thread(query_terms, query, language)
     if not query_tf:
         return []
     store = store_for(conn)

@@ -16,6 +16,7 @@ from privategpt.rag.languages import (
     bigrams,
     detect,
     detect_confident,
+    ready_for,
     segment,
     segment_as_japanese,
 )
@@ -133,3 +134,12 @@ def test_a_segmenter_that_cannot_load_falls_back() -> None:
     assert _load("test-broken-segmenter", broken) is None
     assert bigrams("北京大学") == ["北京", "京大", "大学"]
     assert bigrams("北") == ["北"]
+
+
+def test_ready_for_tells_when_models_are_loaded() -> None:
+    detect("Vaccination schedules are reviewed every year.")
+    assert ready_for("plain English words")
+    segment("北京")
+    segment("東京の")
+    segment("กรุงเทพ")
+    assert ready_for("北京 東京の กรุงเทพ")

@@ -77,6 +77,9 @@ def _identifier() -> Any:
 
     identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     identifier.set_languages(list(DETECTABLE))
+    # The full matrix of all 97 languages (27 MB) is kept only to undo the restriction, never done here.
+    if hasattr(identifier, "_full_model"):
+        identifier._full_model = (identifier.nb_ptc, identifier.nb_pc, identifier.nb_classes)
     return identifier
 
 

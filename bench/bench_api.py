@@ -9,6 +9,10 @@ user, then drives it with wrk (a C load generator, so the client costs little of
 Each client sends its next request as soon as the last one is answered (`think 0`: the server saturated, so
 latency = clients / throughput), or after a pause (`think 100`: 50 people each clicking ten times a second).
 Prints a Markdown table; results are recorded in docs/benchmarks.md.
+
+Before/after on this noisy shared machine: `--baseline DIR` (an older checkout, e.g. from
+`git worktree add /tmp/baseline <commit>`) serves that code beside this one, and every measurement runs on
+both, alternating, `--rounds` times; the table then has a row per version and round.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -42,8 +46,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(database: str, workdir: Path, workers: int) -> Iterator[str]:
+def server(database: str, workdir: Path, workers: int, code: Path | None = None) -> Iterator[str]:
+    """A `privategpt serve` process; `code`: the checkout to serve (default: the installed package)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGPT_")}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     env.update(
         PGPT_DATA_DIR=str(workdir / "data"),
         PGPT_ADMIN_EMAIL=ADMIN_EMAIL,
@@ -61,6 +68,7 @@ def server(database: str, workdir: Path, workers: int) -> Iterator[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "privategpt.cli", "serve", "--port", str(port), "--workers", str(workers)],
         env=env,
+        cwd=code,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -137,51 +145,72 @@ def wrk(url: str, connections: int, duration: int, script: Path) -> dict[str, fl
     return {"rps": rps, "p50": p50, "p99": p99, "non2xx": float(errors.group(1)) if errors else 0.0}
 
 
+def scripts(workdir: Path, email: str, token: str) -> dict[str, tuple[str, Path]]:
+    groups_script = workdir / "groups.lua"
+    groups_script.write_text(f'wrk.method = "GET"\nwrk.headers["Authorization"] = "Bearer {token}"\n')
+    login_script = workdir / "login.lua"
+    body = json.dumps({"email": email, "password": USER_PASSWORD}).replace('"', '\\"')
+    login_script.write_text(
+        f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = "application/json"\n'
+    )
+    return {"groups": ("/api/v1/groups", groups_script), "login": ("/api/v1/login", login_script)}
+
+
+ENDPOINT_NAMES = {"groups": "GET /groups", "login": "POST /login"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--endpoints", default="groups,login", help="comma list of: groups, login")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--think-ms", default="0,100", help="pause of each client between requests, comma list")
     parser.add_argument("--workers", type=int, default=1, help="server processes (privategpt serve --workers)")
+    parser.add_argument("--baseline", type=Path, help="another checkout to measure alongside, alternating")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements of each kind (and version)")
     args = parser.parse_args()
     thinks = [int(t) for t in args.think_ms.split(",")]
+    endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
     if shutil.which("wrk") is None:
         print("wrk is required: apt-get install -y wrk", file=sys.stderr)
         return 2
+    versions: list[tuple[str, Path | None]] = [("this", None)]
+    if args.baseline is not None:
+        versions.append(("baseline", args.baseline.resolve()))
 
     rows = []
     for database in args.databases.split(","):
-        with (
-            tempfile.TemporaryDirectory(prefix="pgpt-bench-") as tmp,
-            server(database, Path(tmp), args.workers) as base,
-        ):
-            email, token = seed(base)
-            groups_script = Path(tmp) / "groups.lua"
-            groups_script.write_text(f'wrk.method = "GET"\nwrk.headers["Authorization"] = "Bearer {token}"\n')
-            login_script = Path(tmp) / "login.lua"
-            body = json.dumps({"email": email, "password": USER_PASSWORD}).replace('"', '\\"')
-            login_script.write_text(
-                f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = "application/json"\n'
-            )
+        with tempfile.TemporaryDirectory(prefix="pgpt-bench-") as tmp, ExitStack() as stack:
+            targets = {}
+            for version, code in versions:
+                workdir = Path(tmp) / version
+                workdir.mkdir()
+                base = stack.enter_context(server(database, workdir, args.workers, code))
+                targets[version] = (base, scripts(workdir, *seed(base)))
             for think in thinks:
-                for name, path, script in (
-                    ("GET /groups", "/api/v1/groups", groups_script),
-                    ("POST /login", "/api/v1/login", login_script),
-                ):
-                    result = wrk(base + path, args.connections, args.duration, with_think_time(script, think))
-                    rows.append((database, name, think, result))
-                    print(f"{database:10} {name:12} think={think} {result}", file=sys.stderr, flush=True)
+                for endpoint in endpoints:
+                    for round_ in range(1, args.rounds + 1):
+                        for version, _ in versions:
+                            base, by_endpoint = targets[version]
+                            path, script = by_endpoint[endpoint]
+                            result = wrk(base + path, args.connections, args.duration, with_think_time(script, think))
+                            rows.append((version, round_, database, ENDPOINT_NAMES[endpoint], think, result))
+                            print(
+                                f"{version:8} {round_} {database:10} {endpoint:6} think={think} {result}",
+                                file=sys.stderr,
+                                flush=True,
+                            )
 
     print(
         f"\nserver processes: {args.workers}\n\n"
-        "| database | endpoint | clients | think ms | req/s | p50 ms | p99 ms | non-2xx |\n"
-        "|---|---|---|---|---|---|---|---|"
+        "| version | round | database | endpoint | clients | think ms | req/s | p50 ms | p99 ms | non-2xx |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
     )
-    for database, name, think, r in rows:
+    for version, round_, database, name, think, r in rows:
         print(
-            f"| {database} | {name} | {args.connections} | {think} | {r['rps']:.0f} | {r['p50']:.1f} "
-            f"| {r['p99']:.1f} | {r['non2xx']:.0f} |"
+            f"| {version} | {round_} | {database} | {name} | {args.connections} | {think} | {r['rps']:.0f} "
+            f"| {r['p50']:.1f} | {r['p99']:.1f} | {r['non2xx']:.0f} |"
         )
     return 0
 

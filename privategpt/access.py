@@ -73,7 +73,7 @@ def retrieval_scope(principal: Principal, groups: Iterable[str], use_public: boo
     Every requested group must be one of the caller's (403 otherwise; an unknown group is simply not
     one of theirs), and `use_public` needs the caller's `usePublic` flag (403).
     """
-    own = {m.group.name_key: m.group_id for m in principal.user.memberships}
+    own = {g.name_key: g.id for g in principal.user.groups}
     group_ids: set[int] = set()
     for name in groups:
         group_id = own.get(name.strip().casefold())

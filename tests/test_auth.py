@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from privategpt.config import to_async_url
 from tests.fixtures.servers import ADMIN_EMAIL, ADMIN_PASSWORD, Api, running_server
+from tests.sources.processes import Cluster
 from tests.test_envelope import assert_error
 
 BAD_CREDENTIALS = "These credentials do not match our records."
@@ -283,6 +284,39 @@ def test_editing_other_fields_revokes_no_token(api: Api, admin: str) -> None:
     token = api.login(email, password)
     assert api.patch("/users", admin, json={"email": email, "name": "Renamed", "language": "de"}).status_code == 200
     assert me(api, token).json()["data"]["name"] == "Renamed"
+
+
+def test_changes_to_a_user_reach_every_server_process_at_once(database_url: str, tmp_path: Path) -> None:
+    """No server process keeps callers in memory: what one process changes, the next request to another sees."""
+    cluster = Cluster(database_url, tmp_path / "cluster")
+    a, b = (Api(cluster.serve()[1]) for _ in range(2))
+    try:
+        admin = a.admin_token()
+        a.create_group("Cross-Process", admin)
+        email, password = a.create_user(roles=["documents"], token=admin)
+        token, other = b.login(email, password), b.login(email, password)
+        assert b.get("/groups", token).json()["data"]["personalGroups"] == []
+
+        edit = {"email": email, "groups": ["Cross-Process"], "roles": ["users"], "usePublic": True}
+        assert a.patch("/users", admin, json=edit).status_code == 200
+        assert b.get("/groups", token).json()["data"] == {
+            "personalGroups": ["Cross-Process"],
+            "assignableGroups": ["Cross-Process"],
+            "usePublic": True,
+        }
+        assert b.get("/me", token).json()["data"]["roles"] == ["users"]
+
+        assert a.patch("/users", admin, json={"email": email, "password": "changed-elsewhere"}).status_code == 200
+        assert_rejected(b, token)
+        assert_rejected(b, other)
+
+        fresh = b.login(email, "changed-elsewhere")
+        assert a.delete("/users", admin, json={"email": email}).status_code == 200
+        assert_rejected(b, fresh)
+    finally:
+        a.close()
+        b.close()
+        cluster.close()
 
 
 def test_tokens_expire_after_the_configured_lifetime(make_settings: Any, database_url: str) -> None:

@@ -4,19 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from privategpt.models import AuditEvent, User
+from privategpt.models import AuditEvent
 
 SECRET_FIELDS = frozenset({"password", "ftpPassword", "token"})
+
+
+class Actor(Protocol):
+    """Who acted: a stored user, or the authenticated caller of a request."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def email(self) -> str: ...
 
 
 async def record(
     session: AsyncSession,
     *,
-    actor: User | None,
+    actor: Actor | None,
     action: str,
     target_type: str | None = None,
     target: str | None = None,

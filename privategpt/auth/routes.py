@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 from privategpt.auth import service
 from privategpt.auth.dependencies import Context, CurrentPrincipal, DbSession
 from privategpt.context import client_address
-from privategpt.errors import envelope
+from privategpt.errors import Unauthenticated, envelope
+from privategpt.models import User
 from privategpt.schemas import Empty, Envelope, RequestModel
 from privategpt.users.schemas import UserOut
 from privategpt.users.service import to_out
@@ -45,5 +46,9 @@ async def logout(request: Request, session: DbSession, caller: CurrentPrincipal)
 
 
 @router.get("/me", response_model=Envelope[UserOut], summary="The caller's own profile, groups and roles")
-async def me(caller: CurrentPrincipal) -> dict[str, object]:
-    return envelope(to_out(caller.user))
+async def me(session: DbSession, caller: CurrentPrincipal) -> dict[str, object]:
+    # The principal holds only what authorisation needs; the profile is read in the same transaction.
+    user = await session.get(User, caller.user.id)
+    if user is None:
+        raise Unauthenticated()
+    return envelope(to_out(user))

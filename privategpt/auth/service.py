@@ -4,35 +4,58 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import bindparam, delete, func, or_, select
+from sqlalchemy import Integer, bindparam, delete, func, literal_column, null, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload
 
 from privategpt.audit import service as audit
 from privategpt.auth import tokens
 from privategpt.auth.passwords import Passwords
+from privategpt.auth.principal import Caller, CallerGroup
 from privategpt.config import Settings
+from privategpt.db import DriverQuery
 from privategpt.errors import InvalidCredentials, TooManyAttempts, Unauthenticated
-from privategpt.models import ApiToken, GroupMember, LoginAttempt, User, utcnow
+from privategpt.models import ApiToken, Group, GroupMember, LoginAttempt, User, UserRole, utcnow
 
 
 def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
-# Every request authenticates, so the statement is built once: one round trip loads the token, the user, the
-# roles and the groups (joined), and only the token id is bound per call.
-_TOKEN_WITH_USER = (
-    select(ApiToken, User)
-    .join(User, User.id == ApiToken.user_id)
-    .where(ApiToken.id == bindparam("token_id"), User.is_active.is_(True))
-    .options(joinedload(User.roles), joinedload(User.memberships).joinedload(GroupMember.group))
+# Every request authenticates, so this is one statement, built once per process and run on the driver's
+# connection (`DriverQuery`): one round trip returns the token with its user (kind 0), then one row per role
+# (kind 1) and one per group (kind 2). Plain rows, not ORM objects: identity-map loading of the joined roles
+# and groups cost more than the rest of a request.
+_TOKEN_ID = bindparam("token_id", type_=Integer)
+_tokens, _users = ApiToken.__table__, User.__table__
+_roles, _members, _groups = UserRole.__table__, GroupMember.__table__, Group.__table__
+_CALLER_ROWS = DriverQuery(
+    union_all(
+        select(
+            literal_column("0").label("kind"),
+            _users.c.id,
+            _users.c.email.label("text"),
+            _users.c.language.label("extra"),
+            _users.c.use_public,
+            _users.c.public_upload,
+            _tokens.c.token_hash,
+            _tokens.c.expires_at,
+        )
+        .join_from(_tokens, _users, _users.c.id == _tokens.c.user_id)
+        .where(_tokens.c.id == _TOKEN_ID, _users.c.is_active.is_(True)),
+        select(literal_column("1"), null(), _roles.c.role, null(), null(), null(), null(), null())
+        .join_from(_roles, _tokens, _tokens.c.user_id == _roles.c.user_id)
+        .where(_tokens.c.id == _TOKEN_ID),
+        select(literal_column("2"), _groups.c.id, _groups.c.name, _groups.c.name_key, null(), null(), null(), null())
+        .join_from(_members, _groups, _groups.c.id == _members.c.group_id)
+        .join(_tokens, _tokens.c.user_id == _members.c.user_id)
+        .where(_tokens.c.id == _TOKEN_ID),
+    )
 )
 
 
 async def authenticate(
     session: AsyncSession, *, authorization: str | None, authentication: str | None
-) -> tuple[User, int]:
+) -> tuple[Caller, int]:
     """Resolve the request's bearer token to an active user, or raise 401."""
     raw = tokens.bearer_from_headers(authorization, authentication)
     if raw is None:
@@ -40,16 +63,29 @@ async def authenticate(
     presented = tokens.parse_token(raw)
     if presented is None:
         raise Unauthenticated()
-    result = await session.execute(_TOKEN_WITH_USER, {"token_id": presented.token_id})
-    row = result.unique().one_or_none()
-    if row is None:
+    rows = await _CALLER_ROWS.all(await session.connection(), token_id=presented.token_id)
+    head = next((row for row in rows if row[0] == 0), None)
+    if head is None:
         raise Unauthenticated()
-    token, user = row
-    if not tokens.secret_matches(presented.secret, token.token_hash):
+    _, user_id, email, language, use_public, public_upload, token_hash, expires_at = head
+    if not tokens.secret_matches(presented.secret, token_hash):
         raise Unauthenticated()
-    if token.expires_at is not None and token.expires_at <= utcnow():
+    if expires_at is not None and expires_at <= utcnow():
         raise Unauthenticated()
-    return user, token.id
+    groups = sorted(
+        (CallerGroup(id=row[1], name=row[2], name_key=row[3]) for row in rows if row[0] == 2),
+        key=lambda group: group.name.lower(),
+    )
+    caller = Caller(
+        id=user_id,
+        email=email,
+        language=language,
+        use_public=bool(use_public),
+        public_upload=bool(public_upload),
+        roles=frozenset(row[2] for row in rows if row[0] == 1),
+        groups=tuple(groups),
+    )
+    return caller, presented.token_id
 
 
 def _throttle_keys(email: str, client: str) -> tuple[str, str]:
@@ -129,7 +165,7 @@ async def login(
     return token
 
 
-async def logout(session: AsyncSession, *, user: User, token_id: int, client: str) -> None:
+async def logout(session: AsyncSession, *, user: Caller, token_id: int, client: str) -> None:
     await session.execute(delete(ApiToken).where(ApiToken.id == token_id))
     await audit.record(session, actor=user, action="auth.logout", client=client)
 

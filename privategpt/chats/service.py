@@ -191,7 +191,7 @@ async def ask(
 
 def _new_chat_settings(caller: Principal, question: Question) -> _ChatSettings:
     # The names as the groups spell them; unknown ones are left for the access check to refuse.
-    own = {m.group.name_key: m.group.name for m in caller.user.memberships}
+    own = {g.name_key: g.name for g in caller.user.groups}
     groups = list(dict.fromkeys(own.get(g.strip().casefold(), g) for g in question.groups))
     return _ChatSettings(
         id=new_uuid(),

@@ -625,6 +625,12 @@ def _evict_others(database: str, instance: str, live: set[int]) -> None:
             del _INDEXES[key]
 
 
+def _remember_share(hint: tuple[str, frozenset[int], bool, int], share: float) -> None:
+    if len(_SHARES) > 1000:
+        _SHARES.clear()
+    _SHARES[hint] = share
+
+
 async def _search_sqlite(
     conn: AsyncConnection, model: EmbeddingModel, q: Matrix, scope: RetrievalScope, k: int, small_scope: int
 ) -> list[tuple[int, float]]:
@@ -710,9 +716,7 @@ async def _search_sqlite_large(
             break
         checked_above = threshold
         want = min(n, max(2 * want, math.ceil(1.5 * k / share)))
-    if len(_SHARES) > 1000:
-        _SHARES.clear()
-    _SHARES[hint] = share
+    _remember_share(hint, share)
     return _best(np.array(found_ids, dtype=np.int64), np.array(found_scores, dtype=np.float32), k)
 
 
@@ -730,16 +734,22 @@ async def _search_postgres(
             _remember_large(conn, scope, small_scope, visible)
     if visible > small_scope and model.dimension <= MAX_HNSW_DIMENSION:
         # pgvector 0.6 cannot resume a walk (no iterative scans): each round asks HNSW for `ef` neighbours
-        # afresh, four times more than the last, until `k` of them are in scope; past MAX_EF_SEARCH the
-        # exact scan below answers. A wide scope is answered by the first round.
-        ef = min(MAX_EF_SEARCH, max(MIN_EF_SEARCH, 4 * k))
-        while True:
-            result = await _search_postgres_hnsw(conn, model, literal, scope, k, ef)
-            if len(result) >= k:
-                return result
-            if ef >= MAX_EF_SEARCH:
+        # afresh, sized from the share of neighbours found in scope (this scope's last search, then this
+        # round's), until `k` of them are in scope. A scope too narrow for MAX_EF_SEARCH goes straight to
+        # the exact scan below, after its first search has measured its share.
+        hint = _scope_key(conn, scope, 0)
+        share = _SHARES.get(hint, 1.0)
+        ef = max(MIN_EF_SEARCH, math.ceil(1.5 * k / share))
+        while ef <= MAX_EF_SEARCH:
+            walked, result = await _search_postgres_hnsw(conn, model, literal, scope, ef)
+            share = max(len(result), 1) / max(walked, 1)
+            if len(result) >= k or walked < ef:
+                _remember_share(hint, share)
+                if len(result) >= k:
+                    return result[:k]
                 break
-            ef = min(MAX_EF_SEARCH, ef * 4)
+            ef = max(2 * ef, math.ceil(1.5 * k / share))
+        _remember_share(hint, share)
     return await _search_postgres_exact(conn, model, literal, scope, k)
 
 
@@ -761,20 +771,23 @@ async def _search_postgres_exact(
 
 
 async def _search_postgres_hnsw(
-    conn: AsyncConnection, model: EmbeddingModel, literal: str, scope: RetrievalScope, k: int, ef: int
-) -> list[tuple[int, float]]:
+    conn: AsyncConnection, model: EmbeddingModel, literal: str, scope: RetrievalScope, ef: int
+) -> tuple[int, list[tuple[int, float]]]:
+    """How many neighbours HNSW returned (at most `ef`), and those in scope, best first."""
     store = _sql_store(conn)
     dim = int(model.dimension)
     await conn.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef)})
+    # The ORDER BY repeats the index's expression (cast to the model's dimension) and the model id is a
+    # literal, so the planner can use the partial HNSW index.
     sql = (
         "WITH n AS MATERIALIZED (SELECT chunk_id, "
         f"(embedding::vector({dim})) <#> CAST(:q AS vector({dim})) AS distance FROM rag_vectors "
         f"WHERE model_id = {int(model.id)} ORDER BY (embedding::vector({dim})) <#> CAST(:q AS vector({dim})) "
         "LIMIT :ef) "
-        "SELECT n.chunk_id, n.distance FROM n JOIN rag_chunks c ON c.id = n.chunk_id "
-        f"JOIN sources s ON s.id = c.source_id WHERE {store._visible(scope)} "
-        "ORDER BY n.distance, n.chunk_id LIMIT :k"
+        f"SELECT n.chunk_id, n.distance, coalesce({store._visible(scope)}, false) FROM n "
+        "LEFT JOIN rag_chunks c ON c.id = n.chunk_id LEFT JOIN sources s ON s.id = c.source_id "
+        "ORDER BY n.distance, n.chunk_id"
     )
-    params = {**store._scope_params(scope), "q": literal, "ef": ef, "k": k}
-    rows = await conn.execute(text(sql), params)
-    return [(int(c), -float(d)) for c, d in rows]
+    params = {**store._scope_params(scope), "q": literal, "ef": ef}
+    rows = (await conn.execute(text(sql), params)).all()
+    return len(rows), [(int(c), -float(d)) for c, d, visible in rows if visible]

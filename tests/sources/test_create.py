@@ -45,6 +45,7 @@ def test_create_answers_both_ids_and_processing_then_vectorizes(api: Api, admin:
         "isPublic": False,
         "state": "vectorized",
         "error": None,
+        "embedding": "disabled",  # no embedding model in this server (tests/sources/test_embedding.py has one)
         "creator": {"email": ADMIN_EMAIL, "name": "Administrator"},
         "createdAt": data["createdAt"],
         "updatedAt": data["createdAt"],

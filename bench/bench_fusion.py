@@ -23,6 +23,8 @@ FUSIONS = (
     Fusion("minmax", 0.5),
     Fusion("minmax", 0.3),
     Fusion("minmax", 0.7),
+    Fusion("bm25max", 0.5),
+    Fusion("bm25max", 0.4),
     Fusion("rrf", 0.5, 60),
     Fusion("rrf", 0.5, 10),
 )

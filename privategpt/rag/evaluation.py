@@ -336,7 +336,7 @@ async def evaluate_modes(
 def _describe(fusion: Fusion) -> str:
     if fusion.method == "rrf":
         return f"rrf k={fusion.rrf_k} w={fusion.sparse_weight:g}"
-    return f"minmax w={fusion.sparse_weight:g}"
+    return f"{fusion.method} w={fusion.sparse_weight:g}"
 
 
 async def _embed_queries(embedder: Embedder, texts: list[str]) -> Vectors:

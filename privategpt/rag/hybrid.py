@@ -87,9 +87,10 @@ def _minmax(scores: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Fusion:
     """How the sparse and dense lists become one: `minmax` (convex combination of min-max normalised
-    scores, `sparse_weight` on BM25) or `rrf` (reciprocal rank fusion, 1 / (rrf_k + rank) per list)."""
+    scores, `sparse_weight` on BM25), `bm25max` (the same, but BM25 divided by its best score only, so
+    a weak last match keeps its distance from zero) or `rrf` (reciprocal rank fusion, 1 / (rrf_k + rank))."""
 
-    method: Literal["minmax", "rrf"] = "minmax"
+    method: Literal["minmax", "bm25max", "rrf"] = "minmax"
     sparse_weight: float = SPARSE_WEIGHT
     rrf_k: int = 60
 
@@ -110,7 +111,10 @@ def fuse(sparse: Sequence[_Hit], dense: Sequence[_Hit], fusion: Fusion = DEFAULT
     for hits, weight in zip((sparse, dense), weights, strict=True):
         if not hits:
             continue
-        if fusion.method == "rrf":
+        if fusion.method == "bm25max" and hits is sparse:
+            best_score = max(h.score for h in hits) or 1.0
+            normalised = [h.score / best_score for h in hits]
+        elif fusion.method == "rrf":
             values = [1.0 / (fusion.rrf_k + rank) for rank in range(1, len(hits) + 1)]
             best = 1.0 / (fusion.rrf_k + 1)
             normalised = [v / best for v in values]

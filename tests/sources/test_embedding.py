@@ -6,13 +6,19 @@ because it embeds a few passages a second on this machine.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
+from privategpt.config import Settings
+from privategpt.db import Database
+from tests.fixtures.llm_server import fake_llm
 from tests.fixtures.servers import Api, running_server
 from tests.sources.helpers import create_source, get_source, hit_ids, search, wait_settled
 
@@ -134,3 +140,60 @@ def test_without_an_embedding_model_sources_say_disabled_and_search_is_bm25(api:
     # Asking for dense retrieval without a model falls back to BM25 rather than failing.
     assert search(api, admin, PARAPHRASE, groups=["g"], mode="dense") == []
     assert hit_ids(search(api, admin, "feline rug", groups=["g"], mode="dense")) == [cat]
+
+
+def _models(settings: Settings) -> list[tuple[str, int, str, int]]:
+    """(name, dimension, state, vectors) of every embedding model, read straight from the database."""
+
+    async def read() -> list[tuple[str, int, str, int]]:
+        database = Database(settings)
+        try:
+            async with database.engine.connect() as conn:
+                rows = await conn.execute(
+                    text(
+                        "SELECT m.name, m.dimension, m.state,"
+                        " (SELECT count(*) FROM rag_vectors v WHERE v.model_id = m.id)"
+                        " FROM rag_embedding_models m ORDER BY m.id"
+                    )
+                )
+                return [(r[0], r[1], r[2], r[3]) for r in rows]
+        finally:
+            await database.dispose()
+
+    return asyncio.run(read())
+
+
+def test_a_new_model_is_built_beside_the_old_one_and_switched_to_when_complete(make_settings: Any) -> None:
+    local = make_settings(embedding_backend="local")
+    with running_server(local) as server:
+        api = Api(server.base_url)
+        admin = api.admin_token()
+        api.create_group("g", admin)
+        ids = [create_source(api, admin, name=f"d{i}", groups=["g"], content=c) for i, c in enumerate([CAT, WEATHER])]
+        wait_embedded(api, admin, ids)
+        api.close()
+    [(name, dimension, state, count)] = _models(local)
+    assert (dimension, state, count) == (384, "active", 2)
+
+    with fake_llm() as model_server:
+        model_server.embedding_dimension = 16
+        model_server.embedding_gate = threading.Event()
+        remote = make_settings(
+            embedding_backend="openai",
+            embedding_base_url=model_server.url,
+            embedding_model="other-model",
+            embedding_dimension=16,
+        )
+        with running_server(remote) as server:
+            api = Api(server.base_url)
+            admin = api.admin_token()
+            # Until the new model is complete, the old one stays in service and retrieval does not mix them:
+            # the new model's queries cannot be compared with the old vectors, so search falls back to BM25.
+            assert {get_source(api, admin, i)["embedding"] for i in ids} == {"pending"}
+            assert [m[:3] for m in _models(remote)] == [(name, 384, "active"), ("other-model", 16, "building")]
+            assert hit_ids(search(api, admin, "feline rug", groups=["g"], mode="dense")) == [ids[0]]
+            model_server.embedding_gate.set()
+            wait_embedded(api, admin, ids)
+            assert _models(remote) == [(name, 384, "retired", 0), ("other-model", 16, "active", 2)]
+            assert len(search(api, admin, PARAPHRASE, groups=["g"], mode="dense")) == 2
+            api.close()

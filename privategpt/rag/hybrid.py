@@ -4,8 +4,9 @@ Modes:
 * `sparse`  BM25 alone (`privategpt.rag.retrieval`); scores as documented there.
 * `dense`   cosine similarity of the query's and the chunks' vectors; the score is the cosine clipped at 0.
 * `hybrid`  both lists (`CANDIDATES` each, at least `k`), fused by a convex combination of their scores,
-            each min-max normalised over its own list (a chunk absent from a list scores 0 there). See
-            `fuse` for the score's meaning and docs/retrieval.md for why this fusion (measured).
+            each min-max normalised over its own list (a chunk absent from a list scores 0 there), 0.3 on
+            BM25 and 0.7 on the dense side. See `fuse` for the score's meaning and docs/benchmarks.md for
+            the fusions measured.
 
 Dense retrieval runs only while the configured model is the active one: after a change of model its
 vectors are built beside the old ones, which the new model's query vectors cannot be compared with, so
@@ -39,8 +40,9 @@ MODES: tuple[RetrievalMode, ...] = ("sparse", "dense", "hybrid")
 
 # Candidates taken from each list before fusion.
 CANDIDATES = 100
-# Weight of BM25 in the fused score; the rest is the dense side's.
-SPARSE_WEIGHT = 0.5
+# Weight of BM25 in the fused score; the rest is the dense side's. Chosen by measurement
+# (bench/bench_fusion.py, docs/benchmarks.md): best of the fusions tried on XQuAD en, de and es.
+SPARSE_WEIGHT = 0.3
 # Candidates a reranker orders again (at least k); cross-encoders cost a model call per passage.
 RERANK_CANDIDATES = 30
 

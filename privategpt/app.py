@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,15 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.embedded_worker:
                 app.state.worker = build_worker(database, settings, dense)
                 await app.state.worker.start()
-            # What start-up built (modules, routes, schemas, the engine) lives as long as the server; frozen,
-            # the collector stops rescanning it. A full collection of it took ~100 ms here, a pause that every
-            # request in flight waits out.
-            gc.freeze()
             try:
                 yield
             finally:
-                # Collectable again: a process that starts several apps (the tests) must not keep them all.
-                gc.unfreeze()
                 if app.state.worker is not None:
                     await app.state.worker.stop()
         finally:

@@ -49,6 +49,22 @@ def wait_settled(api: Api, token: str, source_ids: list[str], timeout: float = 6
     return latest
 
 
+def wait_embedded(api: Api, token: str, ids: list[str], timeout: float = 180) -> None:
+    """Wait until the sources are indexed and every chunk has its dense vector."""
+    wait_settled(api, token, ids)
+    deadline = time.monotonic() + timeout
+    pending = set(ids)
+    while pending:
+        for source_id in list(pending):
+            data = get_source(api, token, source_id)
+            assert data["embedding"] in ("pending", "done"), data
+            if data["embedding"] == "done":
+                pending.discard(source_id)
+        if pending:
+            assert time.monotonic() < deadline, f"sources not embedded in {timeout} s: {pending}"
+            time.sleep(0.1)
+
+
 def search(api: Api, token: str, query: str, **body: Any) -> list[dict[str, Any]]:
     response = api.post("/search", token, json={"query": query, **body})
     assert response.status_code == 200, response.text

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +19,7 @@ from privategpt.config import Settings
 from privategpt.db import Database
 from tests.fixtures.llm_server import fake_llm
 from tests.fixtures.servers import Api, running_server
-from tests.sources.helpers import create_source, get_source, hit_ids, search, wait_settled
+from tests.sources.helpers import create_source, get_source, hit_ids, search, wait_embedded, wait_settled
 
 CAT = "The feline dozed all afternoon, curled up on the rug in front of the fireplace."
 FINANCE = "Quarterly revenue of the finance department grew by four percent compared with last year."
@@ -35,21 +34,6 @@ def dense_api(make_settings: Any) -> Iterator[Api]:
         client = Api(server.base_url)
         yield client
         client.close()
-
-
-def wait_embedded(api: Api, token: str, ids: list[str], timeout: float = 120) -> None:
-    wait_settled(api, token, ids)
-    deadline = time.monotonic() + timeout
-    pending = set(ids)
-    while pending:
-        for source_id in list(pending):
-            data = get_source(api, token, source_id)
-            assert data["embedding"] in ("pending", "done"), data
-            if data["embedding"] == "done":
-                pending.discard(source_id)
-        if pending:
-            assert time.monotonic() < deadline, f"sources not embedded in {timeout} s: {pending}"
-            time.sleep(0.1)
 
 
 def test_sources_are_searchable_by_bm25_at_once_and_by_meaning_once_embedded(dense_api: Api) -> None:

@@ -3,9 +3,10 @@
 Corpus: Markdown sources assembled from SciFact abstracts (one `##` section of ~180 words per chunk,
 sentences taken in order from random abstracts), 10 chunks per source, each source in one of 100 groups.
 Queries: the 300 SciFact test claims. Scopes: one group (1 % of the sources), ten groups (10 %), and
-every group plus public sources (everything).
+every group plus public sources (everything). k = 10 and k = 100 (what hybrid retrieval asks for).
 
     python bench/bench_retrieval.py                       # both databases, 100,000 chunks
+    python bench/bench_retrieval.py --compare --overlap 50   # and the earlier plan, in the same run
     python bench/bench_retrieval.py --backends sqlite --chunks 20000
 
 Databases are built once under --workdir and reused by later runs (--rebuild to start over). The load
@@ -152,22 +153,40 @@ async def _time(
     return wall, cpu
 
 
-async def _overlap(engine: AsyncEngine, queries: list[str], scope: RetrievalScope, k: int, params: Bm25Params) -> float:
-    """Mean share of the exact BM25 top k that the budgeted planner returns too."""
-    exact = Bm25Params(k1=params.k1, b=params.b, exhaustive_scope=10**9)
-    shares = []
+async def _overlap(
+    engine: AsyncEngine, queries: list[str], scope: RetrievalScope, k: int, plans: dict[str, Bm25Params]
+) -> dict[str, float]:
+    """Per plan: mean share of the exact BM25 top k that it returns too."""
+    exact = Bm25Params(exhaustive_scope=10**9)
+    shares: dict[str, list[float]] = {plan: [] for plan in plans}
     async with engine.connect() as conn:
         for q in queries:
             want = {c.chunk_id for c in await retrieve(conn, q, scope, k, params=exact)}
-            got = {c.chunk_id for c in await retrieve(conn, q, scope, k, params=params)}
-            if want:
-                shares.append(len(want & got) / len(want))
-    return statistics.mean(shares) if shares else 1.0
+            for plan, params in plans.items():
+                got = {c.chunk_id for c in await retrieve(conn, q, scope, k, params=params)}
+                if want:
+                    shares[plan].append(len(want & got) / len(want))
+    return {plan: statistics.mean(s) if s else 1.0 for plan, s in shares.items()}
+
+
+def _summary(wall: list[float], cpu: list[float]) -> dict[str, float]:
+    qs, cq = statistics.quantiles(wall, n=100), statistics.quantiles(cpu, n=100)
+    return {
+        "p50_ms": round(qs[49], 1),
+        "p95_ms": round(qs[94], 1),
+        "max_ms": round(max(wall), 1),
+        "cpu_p50_ms": round(cq[49], 1),
+        "cpu_p95_ms": round(cq[94], 1),
+    }
 
 
 async def _measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     engine = create_async_engine(url, pool_size=2)
-    params = Bm25Params(posting_budget=args.budget)
+    params = Bm25Params(posting_budget=args.budget, impact_budget=args.impact_budget, rescore_pool=args.pool)
+    plans = {"impact walk": params}
+    if args.compare:
+        # The plan before the impact walk: large scopes walk each term's postings inside the access filter.
+        plans["access walk"] = Bm25Params(posting_budget=args.budget, impact_walk=False)
     queries = _queries()
     scopes = {
         "1% (1 group)": RetrievalScope(frozenset({0}), False),
@@ -178,27 +197,28 @@ async def _measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     async with engine.connect() as conn:
         result["chunks"] = (await conn.execute(text("SELECT n_chunks FROM rag_stats"))).scalar_one()
     # Warm the analyser's token cache and the database caches, as a running server would have them.
-    await _time(engine, queries, scopes["1% (1 group)"], args.k, params)
-    await _time(engine, queries[:50], scopes["100% (all groups + public)"], args.k, params)
-    for label, scope in scopes.items():
-        timings, cpu = await _time(engine, queries, scope, args.k, params)
-        qs = statistics.quantiles(timings, n=100)
-        result[label] = {
-            "p50_ms": round(qs[49], 1),
-            "p95_ms": round(qs[94], 1),
-            "max_ms": round(max(timings), 1),
-            "cpu_p50_ms": round(statistics.median(cpu), 1),
-        }
-        print(
-            f"  {label:28s} p50 {qs[49]:6.1f} ms   p95 {qs[94]:6.1f} ms   max {max(timings):6.1f} ms"
-            f"   (process CPU p50 {statistics.median(cpu):5.1f} ms)",
-            file=sys.stderr,
-        )
+    await _time(engine, queries, scopes["1% (1 group)"], 10, params)
+    await _time(engine, queries[:50], scopes["100% (all groups + public)"], 10, params)
+    for k in args.k:
+        for label, scope in scopes.items():
+            for plan, plan_params in plans.items():
+                figures = _summary(*await _time(engine, queries, scope, k, plan_params))
+                result[f"k={k} {label} {plan}"] = figures
+                print(
+                    f"  k={k:<3d} {label:28s} {plan:12s} p50 {figures['p50_ms']:6.1f} ms"
+                    f"  p95 {figures['p95_ms']:6.1f} ms   max {figures['max_ms']:6.1f} ms"
+                    f"   (process CPU p50 {figures['cpu_p50_ms']:5.1f} ms,"
+                    f" p95 {figures['cpu_p95_ms']:5.1f} ms)",
+                    file=sys.stderr,
+                )
     result["load_average"] = round(os.getloadavg()[0], 2)
     if args.overlap:
-        share = await _overlap(engine, queries[: args.overlap], scopes["100% (all groups + public)"], 10, params)
-        result["top10_overlap_with_exact"] = round(share, 4)
-        print(f"  top-10 overlap with exhaustive BM25 (wide scope): {share:.4f}", file=sys.stderr)
+        for k in args.k:
+            for label in ("10% (10 groups)", "100% (all groups + public)"):
+                shares = await _overlap(engine, queries[: args.overlap], scopes[label], k, plans)
+                for plan, share in shares.items():
+                    result[f"top-{k} overlap with exact, {label}, {plan}"] = round(share, 4)
+                    print(f"  top-{k} overlap with exhaustive BM25, {label}, {plan}: {share:.4f}", file=sys.stderr)
     result["rss_mb"] = round(_rss_mb(), 1)
     result["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     await engine.dispose()
@@ -241,9 +261,12 @@ def main() -> int:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--workdir", default="/tmp/pgpt-bench")
     parser.add_argument("--rebuild", action="store_true")
-    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--k", type=lambda v: [int(x) for x in v.split(",")], default=[10, 100], help="e.g. 10,100")
     parser.add_argument("--overlap", type=int, default=50, help="queries for the exactness check (0: skip)")
-    parser.add_argument("--budget", type=int, default=Bm25Params().posting_budget, help="postings per query")
+    parser.add_argument("--budget", type=int, default=Bm25Params().posting_budget, help="access walk postings")
+    parser.add_argument("--impact-budget", type=int, default=Bm25Params().impact_budget, help="impact walk postings")
+    parser.add_argument("--pool", type=int, default=Bm25Params().rescore_pool, help="chunks rescored exactly")
+    parser.add_argument("--compare", action="store_true", help="also time the access walk alone (earlier plan)")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

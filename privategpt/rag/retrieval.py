@@ -11,11 +11,14 @@ scenario's `similarity_threshold` means exactly the same on SQLite and PostgreSQ
 How a query stays fast at 100,000+ chunks (see docs/retrieval.md):
 * Small scopes (a few thousand visible chunks) are scored exhaustively: the visible chunks are listed
   through `source_groups` and scored from their term vectors.
-* Large scopes walk each query term's postings in impact order, inside the access filter, and stop after
-  a budget shared between the terms: rare terms are read whole, common terms only their best postings.
-  Every candidate is then scored exactly on all query terms from its term vector, which the walk reads
-  with the chunk row it joins for the access check anyway. Only the candidate set is approximate: a
-  chunk that is in no term's best postings is not considered (measured in docs/retrieval.md).
+* Large scopes, in one statement: each query term's best postings by impact are read from the term
+  index alone (a budget shared between the terms: rare terms whole, common terms their best postings,
+  all divided by the share of sources in scope), summed per chunk with integer query weights, and the
+  best few hundred chunks of that sum are joined to their rows under the access filter. Those visible
+  candidates are scored exactly on all query terms from their term vectors. If fewer than k of them are
+  visible, the older plan runs instead: each term's postings walked inside the access filter, which
+  counts visible postings only. Only the candidate set is approximate: a chunk that is in no term's best
+  postings, or whose impact sum is not among the best, is not considered (measured in docs/retrieval.md).
 """
 
 from __future__ import annotations
@@ -67,7 +70,17 @@ class Bm25Params:
     b: float = 0.4
     # Up to this many visible chunks, score every one of them (exact and cheap).
     exhaustive_scope: int = 3000
-    # Candidate postings read per query in large scopes, shared between terms (scaled up for large k).
+    # Large scopes, first plan: postings read from the term index alone (no chunk row, no access check),
+    # shared between terms, and the best of them by summed impact that are then checked and scored
+    # exactly; both divided by the share of sources the caller may see.
+    impact_budget: int = 4000
+    min_impact_postings_per_term: int = 200
+    rescore_pool: int = 300
+    pool_per_k: int = 4
+    # False: large scopes use the access-filtered walk alone (the earlier plan, for comparisons).
+    impact_walk: bool = True
+    # Large scopes, fallback when that pool held fewer than k visible chunks: candidate postings read
+    # inside the access filter, shared between terms (scaled up for large k).
     posting_budget: int = 2000
     min_postings_per_term: int = 100
 
@@ -182,6 +195,12 @@ def _plan(terms: Sequence[_QueryTerm], budget: int, min_per_term: int) -> list[t
     return plan
 
 
+# Query weights become integers for the impact walk, so both databases sum them exactly.
+_WEIGHT_SCALE = 1000
+# Floor of the share estimate: scopes this narrow are mostly exhaustive already (3,000 chunks), and
+# the walk must not grow without bound on a corpus of many small sources.
+_MIN_SHARE = 0.05
+
 _RECORDS = np.dtype([("term", ">u4"), ("tf", ">u2")])
 
 
@@ -219,6 +238,24 @@ def _score(
     return ids, scores
 
 
+async def _impact_pool(
+    conn: AsyncConnection, scope: RetrievalScope, terms: Sequence[_QueryTerm], k: int, params: Bm25Params
+) -> list[Candidate]:
+    """Large scopes: the visible chunks among those with the best summed impacts, one statement.
+
+    The walk is not restricted to the scope (that costs a chunk row and two probes per posting), so it
+    reads 1/share times as far to find about as many visible chunks; the pool then keeps only visible
+    ones, inside the same statement.
+    """
+    share = max(await store_for(conn).visible_share(conn, scope), _MIN_SHARE)
+    wanted = max(params.rescore_pool, params.pool_per_k * k)
+    budget = math.ceil(max(params.impact_budget, 4 * wanted) / share)
+    walk = _plan(terms, budget, params.min_impact_postings_per_term)
+    weights = {t.term_id: max(1, round(t.weight * _WEIGHT_SCALE)) for t in terms}
+    plan = [(term_id, limit, weights[term_id]) for term_id, limit in walk]
+    return await store_for(conn).impact_candidates(conn, scope, plan, math.ceil(wanted / share))
+
+
 async def retrieve(
     conn: AsyncConnection,
     query: str,
@@ -253,8 +290,12 @@ async def retrieve(
     if await store.count_visible(conn, scope, params.exhaustive_scope) <= params.exhaustive_scope:
         candidates = await store.chunks_in_scope(conn, scope)
     else:
-        plan = _plan(terms, max(params.posting_budget, 3 * k), params.min_postings_per_term)
-        candidates = await store.top_candidates(conn, scope, plan)
+        candidates = await _impact_pool(conn, scope, terms, k, params) if params.impact_walk else []
+        if len(candidates) < k:
+            # Too few of the best postings were visible (a scope much narrower than estimated, or
+            # matches are rare): walk inside the access filter, which counts visible postings only.
+            plan = _plan(terms, max(params.posting_budget, 3 * k), params.min_postings_per_term)
+            candidates = await store.top_candidates(conn, scope, plan)
     ids, scores = _score(terms, candidates, stats, params)
 
     # Best score first, ties by chunk id, so both databases return the same order.

@@ -104,6 +104,8 @@ class ChunkRow:
 
 # (chunk id, chunk length, term vector)
 Candidate = tuple[int, int, bytes]
+# (term id, postings to read, integer query weight): one term of an impact walk.
+ImpactTerm = tuple[int, int, int]
 
 
 class IndexStore(Protocol):
@@ -137,6 +139,17 @@ class IndexStore(Protocol):
         self, conn: AsyncConnection, scope: RetrievalScope, plan: Sequence[tuple[int, int]]
     ) -> list[Candidate]:
         """For each (term id, limit): the chunks in scope where the term weighs most, at most `limit`."""
+        ...
+
+    async def visible_share(self, conn: AsyncConnection, scope: RetrievalScope) -> float:
+        """Share of the sources in scope (an over-estimate: links and public sources counted apart)."""
+        ...
+
+    async def impact_candidates(
+        self, conn: AsyncConnection, scope: RetrievalScope, plan: Sequence[ImpactTerm], limit: int
+    ) -> list[Candidate]:
+        """The `limit` chunks with the highest summed weight * impact over each term's best postings,
+        those in scope only, with what exact scoring needs."""
         ...
 
     async def fetch(self, conn: AsyncConnection, scope: RetrievalScope, chunk_ids: Sequence[int]) -> list[ChunkRow]:
@@ -237,6 +250,39 @@ class _SqlStore:
         sql = "SELECT " + " + ".join(f"({b})" for b in branches)
         params = self._scope_params(scope)
         return int((await conn.execute(self._bind(sql, *params), params)).scalar_one())
+
+    async def visible_share(self, conn: AsyncConnection, scope: RetrievalScope) -> float:
+        parts = []
+        if scope.group_ids:
+            parts.append(f"(SELECT count(*) FROM source_groups sg WHERE {self._in('sg.group_id', 'scope_groups')})")
+        if scope.include_public:
+            parts.append(f"(SELECT count(*) FROM sources s WHERE {self._public('s')})")
+        sql = f"SELECT {' + '.join(parts) or '0'}, (SELECT count(*) FROM sources)"
+        params = self._scope_params(scope)
+        visible, total = (await conn.execute(self._bind(sql, *params), params)).one()
+        return min(1.0, int(visible) / int(total)) if total else 0.0
+
+    def _impact_walk(self, plan: Sequence[ImpactTerm], params: dict[str, Any]) -> str:
+        """SQL of (chunk_id, v) rows: each term's best postings by impact, v = weight * impact."""
+        raise NotImplementedError
+
+    async def impact_candidates(
+        self, conn: AsyncConnection, scope: RetrievalScope, plan: Sequence[ImpactTerm], limit: int
+    ) -> list[Candidate]:
+        if not plan:
+            return []
+        params: dict[str, Any] = {**self._scope_params(scope), "pool": int(limit)}
+        # One statement: index-only walks (no chunk row, no access probe per posting), integer sums (so
+        # both databases pick the very same pool), then the chunk rows of the best `pool` under the scope.
+        sql = (
+            f"WITH walk AS ({self._impact_walk(plan, params)}), "
+            "pool AS (SELECT chunk_id, sum(v) AS total FROM walk GROUP BY chunk_id "
+            "ORDER BY total DESC, chunk_id LIMIT :pool) "
+            "SELECT c.id, c.length, c.terms FROM pool CROSS JOIN rag_chunks c CROSS JOIN sources s "
+            f"WHERE c.id = pool.chunk_id AND s.id = c.source_id AND {self._visible(scope)}"
+        )
+        result = await conn.execute(self._bind(sql, *self._scope_params(scope)), params)
+        return cast(list[Candidate], result.all())
 
     async def chunks_in_scope(self, conn: AsyncConnection, scope: RetrievalScope) -> list[Candidate]:
         sql = (
@@ -346,6 +392,16 @@ class SqliteStore(_SqlStore):
         result = await conn.execute(self._bind(" UNION ALL ".join(parts), *self._scope_params(scope)), params)
         return cast(list[Candidate], result.all())
 
+    def _impact_walk(self, plan: Sequence[ImpactTerm], params: dict[str, Any]) -> str:
+        parts = []
+        for i, (term_id, limit, weight) in enumerate(plan):
+            params.update({f"t{i}": term_id, f"l{i}": limit, f"w{i}": weight})
+            parts.append(
+                f"SELECT chunk_id, impact * :w{i} AS v FROM (SELECT chunk_id, impact FROM rag_postings "
+                f"WHERE term_id = :t{i} ORDER BY impact DESC, chunk_id LIMIT :l{i})"
+            )
+        return " UNION ALL ".join(parts)
+
     async def _upsert_terms(self, conn: AsyncConnection, increments: list[tuple[str, int]]) -> dict[str, int]:
         await conn.exec_driver_sql(
             "INSERT INTO rag_terms (term, df) VALUES (?, ?) ON CONFLICT (term) DO UPDATE SET df = df + excluded.df",
@@ -420,6 +476,22 @@ class PostgresStore(_SqlStore):
         }
         result = await conn.execute(text(sql), params)
         return cast(list[Candidate], result.all())
+
+    def _impact_walk(self, plan: Sequence[ImpactTerm], params: dict[str, Any]) -> str:
+        params.update(
+            {
+                "walk_terms": [t for t, _, _ in plan],
+                "walk_limits": [limit for _, limit, _ in plan],
+                "walk_weights": [w for _, _, w in plan],
+            }
+        )
+        return (
+            "SELECT x.chunk_id, CAST(x.impact AS bigint) * q.w AS v "
+            "FROM unnest(CAST(:walk_terms AS integer[]), CAST(:walk_limits AS integer[]), "
+            "CAST(:walk_weights AS bigint[])) AS q(term_id, lim, w) "
+            "CROSS JOIN LATERAL (SELECT p.chunk_id, p.impact FROM rag_postings p WHERE p.term_id = q.term_id "
+            "ORDER BY p.impact DESC, p.chunk_id LIMIT q.lim) AS x"
+        )
 
     async def _upsert_terms(self, conn: AsyncConnection, increments: list[tuple[str, int]]) -> dict[str, int]:
         ids: dict[str, int] = {}

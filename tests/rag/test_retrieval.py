@@ -21,8 +21,16 @@ PUBLIC = RetrievalScope(frozenset(), include_public=True)
 # Forces the large-scope plan (impact-ordered walk) even on tiny test corpora.
 WALK = Bm25Params(exhaustive_scope=0)
 # ... with a budget so small that common terms are truncated.
-TIGHT_WALK = Bm25Params(exhaustive_scope=0, posting_budget=8, min_postings_per_term=2)
-PLANS = [Bm25Params(), WALK, TIGHT_WALK]
+TIGHT_WALK = Bm25Params(
+    exhaustive_scope=0, impact_budget=8, min_impact_postings_per_term=2, posting_budget=8, min_postings_per_term=2
+)
+# ... with a pool so small that the invisible best postings crowd out the visible ones: the
+# access-filtered walk must take over.
+TIGHT_POOL = Bm25Params(
+    exhaustive_scope=0, impact_budget=4, min_impact_postings_per_term=1, rescore_pool=1, pool_per_k=0
+)
+PLANS = [Bm25Params(), WALK, TIGHT_WALK, TIGHT_POOL]
+PLAN_IDS = ["exhaustive", "walk", "tight-walk", "tight-pool"]
 
 
 async def _load_golden(conn: AsyncConnection) -> dict[str, str]:
@@ -48,7 +56,7 @@ def _golden_queries() -> list[tuple[str, str]]:
     return [(queries[q], expected[q]) for q in sorted(queries)]
 
 
-@pytest.mark.parametrize("params", PLANS, ids=["exhaustive", "walk", "tight-walk"])
+@pytest.mark.parametrize("params", PLANS, ids=PLAN_IDS)
 async def test_golden_ranking(engine: AsyncEngine, params: Bm25Params) -> None:
     async with engine.begin() as conn:
         doc_of = await _load_golden(conn)
@@ -118,7 +126,7 @@ async def test_queries_without_known_terms_or_scope_return_nothing(engine: Async
 # -- access scope ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("params", PLANS, ids=["exhaustive", "walk", "tight-walk"])
+@pytest.mark.parametrize("params", PLANS, ids=PLAN_IDS)
 async def test_invisible_best_match_is_never_returned(engine: AsyncEngine, params: Bm25Params) -> None:
     async with engine.begin() as conn:
         mine, theirs = await add_group(conn, "mine"), await add_group(conn, "theirs")
@@ -138,7 +146,7 @@ async def test_invisible_best_match_is_never_returned(engine: AsyncEngine, param
         assert await retrieve(conn, "merger", RetrievalScope(frozenset({999}), False), 10, params=params) == []
 
 
-@pytest.mark.parametrize("params", PLANS, ids=["exhaustive", "walk", "tight-walk"])
+@pytest.mark.parametrize("params", PLANS, ids=PLAN_IDS)
 async def test_k_results_when_many_invisible_documents_outrank_visible_ones(
     engine: AsyncEngine, params: Bm25Params
 ) -> None:

@@ -387,8 +387,12 @@ def test_first_start_with_admin_settings_creates_that_admin(operator: Operator) 
 
 def test_eval_reports_ndcg_and_recall_of_a_beir_directory(sqlite_operator: Operator) -> None:
     golden = Path(__file__).parent / "rag" / "resources" / "golden"
-    figures = json.loads(sqlite_operator.ok("eval", str(golden), "--json"))
+    [figures] = json.loads(sqlite_operator.ok("eval", str(golden), "--json"))
+    assert figures["mode"] == "sparse"
     assert figures["ndcg_at_10"] == pytest.approx(1.0)
     assert figures["recall_at_100"] == pytest.approx(1.0)
     assert "nDCG@10 1.0000" in sqlite_operator.ok("eval", str(golden))
     assert sqlite_operator.fails("eval", str(golden / "missing")).startswith("privategpt: not a BEIR data set:")
+    # This operator runs without an embedding model: the dense modes say what they need.
+    assert "PGPT_EMBEDDING_BACKEND" in sqlite_operator.fails("eval", str(golden), "--mode", "hybrid")
+    assert "PGPT_RERANK_BASE_URL" in sqlite_operator.fails("eval", str(golden), "--mode", "hybrid-rerank")

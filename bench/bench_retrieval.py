@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from privategpt.rag.retrieval import Bm25Params, RetrievalScope, index_prepared_many, prepare_source, retrieve
+from privategpt.rag.retrieval import Bm25Params, RetrievalScope, index_prepared_many, prepare_source, retrieve_sparse
 from privategpt.rag.schema import ddl_for, standalone_host_ddl
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
@@ -147,7 +147,7 @@ async def _time(
     for q in queries:
         started, cpu_started = time.perf_counter(), time.process_time()
         async with engine.connect() as conn:
-            await retrieve(conn, q, scope, k, params=params)
+            await retrieve_sparse(conn, q, scope, k, params=params)
         wall.append(1000 * (time.perf_counter() - started))
         cpu.append(1000 * (time.process_time() - cpu_started))
     return wall, cpu
@@ -161,9 +161,9 @@ async def _overlap(
     shares: dict[str, list[float]] = {plan: [] for plan in plans}
     async with engine.connect() as conn:
         for q in queries:
-            want = {c.chunk_id for c in await retrieve(conn, q, scope, k, params=exact)}
+            want = {c.chunk_id for c in await retrieve_sparse(conn, q, scope, k, params=exact)}
             for plan, params in plans.items():
-                got = {c.chunk_id for c in await retrieve(conn, q, scope, k, params=params)}
+                got = {c.chunk_id for c in await retrieve_sparse(conn, q, scope, k, params=params)}
                 if want:
                     shares[plan].append(len(want & got) / len(want))
     return {plan: statistics.mean(s) if s else 1.0 for plan, s in shares.items()}

@@ -3,7 +3,7 @@
 Corpus: bench_retrieval.py's (SciFact sections, 10 chunks per source, each source in one of 100 groups),
 plus one synthetic random unit vector of 384 dimensions per chunk (the latency of a nearest-neighbour
 search does not depend on what the vectors mean). Queries: random unit vectors for dense search; for
-hybrid, the same plus the SciFact test claims: BM25 (`retrieve`) and dense search for the 100 candidates
+hybrid, the same plus the SciFact test claims: BM25 (`retrieve_sparse`) and dense search for the 100 candidates
 each that `rag.hybrid` fuses, one after the other on one connection (fusion itself, a few hundred
 microseconds, and reading the k chunks are not included; neither is embedding the query).
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_retrieval import GROUPS, _build, _queries, _rss_mb, bench_database, load_in_child
 
-from privategpt.rag.retrieval import RetrievalScope, retrieve
+from privategpt.rag.retrieval import RetrievalScope, retrieve_sparse
 from privategpt.rag.vector_schema import vector_ddl_for
 from privategpt.rag.vectors import (
     SMALL_SCOPE,
@@ -144,7 +144,7 @@ async def _time_hybrid(
     for q, query_text in zip(queries, texts, strict=False):
         started = time.perf_counter()
         async with engine.connect() as conn:
-            await retrieve(conn, query_text, scope, k)
+            await retrieve_sparse(conn, query_text, scope, k)
             await search_dense(conn, model_id, q, scope, k)
         timings.append(1000 * (time.perf_counter() - started))
     return timings

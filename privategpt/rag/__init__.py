@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from privategpt.rag.analyzer import Analyzer, get_analyzer, supported_languages
 from privategpt.rag.chunking import Chunk, ChunkingOptions, chunk_markdown
+from privategpt.rag.hybrid import DenseIndex, RetrievalMode, retrieve
 from privategpt.rag.retrieval import (
     Bm25Params,
     PreparedSource,
@@ -18,7 +19,7 @@ from privategpt.rag.retrieval import (
     index_prepared_many,
     index_source,
     prepare_source,
-    retrieve,
+    retrieve_sparse,
 )
 from privategpt.rag.schema import postgres_ddl, postgres_drop, sqlite_ddl, sqlite_drop
 
@@ -27,7 +28,9 @@ __all__ = [
     "Bm25Params",
     "Chunk",
     "ChunkingOptions",
+    "DenseIndex",
     "PreparedSource",
+    "RetrievalMode",
     "RetrievalScope",
     "ScoredChunk",
     "chunk_markdown",
@@ -40,6 +43,7 @@ __all__ = [
     "postgres_drop",
     "prepare_source",
     "retrieve",
+    "retrieve_sparse",
     "sqlite_ddl",
     "sqlite_drop",
     "supported_languages",

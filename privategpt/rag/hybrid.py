@@ -27,8 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from privategpt.embeddings.base import Embedder, Vectors
 from privategpt.rag import vectors
-from privategpt.rag.retrieval import DEFAULT_PARAMS, Bm25Params, ScoredChunk
-from privategpt.rag.retrieval import retrieve as retrieve_sparse
+from privategpt.rag.retrieval import DEFAULT_PARAMS, Bm25Params, ScoredChunk, retrieve_sparse
 from privategpt.rag.store import RetrievalScope, store_for
 from privategpt.rag.vectors import ChunkToEmbed, EmbeddingModel
 from privategpt.reranking import Reranker, RerankFailed

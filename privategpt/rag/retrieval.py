@@ -27,7 +27,6 @@ import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -56,10 +55,8 @@ __all__ = [
     "index_prepared_many",
     "index_source",
     "prepare_source",
-    "retrieve",
+    "retrieve_sparse",
 ]
-
-RetrievalMode = Literal["sparse"]
 
 
 @dataclass(frozen=True)
@@ -256,20 +253,20 @@ async def _impact_pool(
     return await store_for(conn).impact_candidates(conn, scope, plan, math.ceil(wanted / share))
 
 
-async def retrieve(
+async def retrieve_sparse(
     conn: AsyncConnection,
     query: str,
     scope: RetrievalScope,
     k: int,
     threshold: float = 0.0,
-    mode: RetrievalMode = "sparse",
     *,
     language: str = "en",
     params: Bm25Params = DEFAULT_PARAMS,
 ) -> list[ScoredChunk]:
-    """The `k` best chunks in `scope` for `query`, best first, each scoring at least `threshold`."""
-    if mode != "sparse":
-        raise ValueError(f"unsupported retrieval mode: {mode}")
+    """BM25 alone: the `k` best chunks in `scope` for `query`, best first, each scoring at least `threshold`.
+
+    `privategpt.rag.hybrid.retrieve`, the entry point of every caller, runs it in every mode.
+    """
     if k <= 0 or scope.is_empty:
         return []
     if ready_for(query):

@@ -119,8 +119,10 @@ async def test_queries_without_known_terms_or_scope_return_nothing(engine: Async
         assert await retrieve(conn, "xylophonist", PUBLIC, 5) == []
         assert await retrieve(conn, "laptop", RetrievalScope(frozenset(), False), 5) == []
         assert await retrieve(conn, "laptop", PUBLIC, 0) == []
-        with pytest.raises(ValueError):
-            await retrieve(conn, "laptop", PUBLIC, 5, mode="dense")  # type: ignore[arg-type]
+        # Without an embedding model the dense modes are BM25.
+        sparse = await retrieve(conn, "laptop", PUBLIC, 5)
+        assert sparse and await retrieve(conn, "laptop", PUBLIC, 5, mode="dense") == sparse
+        assert await retrieve(conn, "laptop", PUBLIC, 5, mode="hybrid") == sparse
 
 
 # -- access scope ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import and_, exists, select, text, update
+from sqlalchemy import String, and_, exists, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from privategpt.config import Settings
@@ -134,40 +134,42 @@ async def prepare_dense_retrieval(database: Database, embedder: Embedder) -> Den
     """Register the embedder's model and queue every indexed source that lacks its vectors.
 
     It picks up sources indexed while embedding was off or failing, and, after a change of model, builds
-    the new model's vectors beside the old ones. The jobs wait for a worker's next poll.
+    the new model's vectors beside the old ones. The jobs wait for a worker's next poll. The sources are
+    selected in SQL, never bound as a list: a large collection would exceed SQLite's bound-variable limit.
     """
     async with database.session(write=True) as session:
         conn = await session.connection()
         model = await vectors.register_model(conn, embedder.model_name, embedder.dimension)
-        missing = await _sources_missing_vectors(session, model)
+        missing = _MISSING.bindparams(model_id=model.id).columns(source_id=String).subquery("missing")
+        lacking = Source.id.in_(select(missing.c.source_id))
         queued = exists().where(and_(Job.source_id == Source.id, Job.kind == queue.EMBED))
-        waiting = set(await session.scalars(select(Source.id).where(Source.id.in_(missing), queued)))
-        await queue_embedding(session, [s for s in missing if s not in waiting], wake=None)
-        complete = select(Source.id).where(Source.state == "vectorized", Source.id.not_in(missing))
+        to_queue = list(await session.scalars(select(Source.id).where(lacking, ~queued).order_by(Source.id)))
+        await session.execute(
+            update(Source).where(lacking).values(embedding_state=PENDING, updated_at=Source.updated_at)
+        )
+        for source_id in to_queue:
+            await queue.enqueue(session, queue.EMBED, source_id, wake=None, supersede=False)
         await session.execute(
             update(Source)
-            .where(Source.id.in_(complete), Source.embedding_state.is_distinct_from(DONE))
+            .where(Source.state == "vectorized", ~lacking, Source.embedding_state.is_distinct_from(DONE))
             .values(embedding_state=DONE, updated_at=Source.updated_at)
         )
-        if model.state == "building" and not missing:
+        complete = not await session.scalar(select(exists(select(missing.c.source_id))))
+        if model.state == "building" and complete:
             await vectors.activate_model(conn, model.id)
             model = EmbeddingModel(model.id, model.name, model.dimension, "active")
     logger.info(
-        "Embedding model %s (%d dimensions, %s): %d source(s) to embed",
+        "Embedding model %s (%d dimensions, %s): %d source(s) queued for embedding",
         model.name,
         model.dimension,
         model.state,
-        len(missing),
+        len(to_queue),
     )
     return DenseIndex(embedder, model)
 
 
-async def _sources_missing_vectors(session: AsyncSession, model: EmbeddingModel) -> list[str]:
-    rows = await session.execute(
-        text(
-            "SELECT DISTINCT c.source_id FROM rag_chunks c WHERE NOT EXISTS "
-            "(SELECT 1 FROM rag_vectors v WHERE v.model_id = :model_id AND v.chunk_id = c.id)"
-        ),
-        {"model_id": model.id},
-    )
-    return sorted(row[0] for row in rows)
+# Sources with a chunk that has no vector of the model `:model_id`.
+_MISSING = text(
+    "SELECT DISTINCT c.source_id FROM rag_chunks c WHERE NOT EXISTS "
+    "(SELECT 1 FROM rag_vectors v WHERE v.model_id = :model_id AND v.chunk_id = c.id)"
+)

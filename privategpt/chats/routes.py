@@ -63,9 +63,10 @@ async def _chat_caller(request: Request) -> Principal:
     """The caller, authenticated in a short read-only transaction.
 
     Answering takes as long as the model thinks; the usual per-request unit of work would keep a
-    database connection (and on SQLite the write lock) for all that time.
+    database connection (and on SQLite the write lock) for all that time. Like the rest of a question's
+    database work, it waits for its turn (`service.turn`).
     """
-    async with get_context(request).database.session(write=False) as session:
+    async with service.turn(), get_context(request).database.session(write=False) as session:
         user, token_id = await auth_service.authenticate(
             session,
             authorization=request.headers.get("authorization"),

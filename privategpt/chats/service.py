@@ -6,14 +6,26 @@
 2. access, checked again on every question: every group of the chat must still be one of the caller's
    and `usePublic` must still be allowed (403), and the resulting scope is what retrieval searches;
 3. the busy lock of an existing chat, held in the database (409 while another question runs);
-4. history (only when the scenario uses it) and retrieval (only with a scope and a store retriever),
-   read in a short transaction: no database connection is held while the model thinks;
+4. the question's embedding (dense and hybrid retrieval), then history (only when the scenario uses it)
+   and retrieval (only with a scope and a store retriever), read in a short transaction;
 5. the prompt, fitted into the context budget;
 6. the language model, whole or streamed;
 7. the question, its answer and the cited sources saved in one transaction that also releases the lock.
 
 A failure anywhere after step 3 (LLM error or timeout, a client that disconnects from a stream)
 releases the lock and saves nothing, so the chat's history is exactly as before the question.
+
+Many questions at once (measured by `bench/bench_chat.py concurrency`):
+
+* No database connection is held while waiting: not for the model, and not for the query's embedding
+  either (the local embedder answers one query at a time, so with many questions most of them wait in
+  its queue; holding a connection meanwhile emptied the pool for everyone else).
+* At most `TURNS` questions do their database and CPU work at a time (authentication, steps 1-4, and the
+  saving), in arrival order (`turn`). The event loop serves ready tasks one after the other, so fifty
+  questions interleaving step by step all reached the model late and together, their answers came back
+  together and were saved together, and any other request (`GET /groups`) waited behind all of their
+  steps. Taken a few at a time, each question reaches the model as early as the CPU allows and other
+  requests only wait behind a few steps. Waiting for the embedder and for the model takes no turn.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import asyncio
 import functools
 import logging
 import secrets
+import weakref
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -37,6 +50,7 @@ from privategpt.chats.prompt import Candidate, Turn, build_prompt
 from privategpt.chats.schemas import ChatAnswer, ChatMessageOut, ChatOut, ChatSummary, SourceRef
 from privategpt.config import Settings
 from privategpt.db import Database
+from privategpt.embeddings import Vectors
 from privategpt.errors import Conflict, NotFound
 from privategpt.llm import LanguageModel, Prompt, sampling_for
 from privategpt.models import Chat, ChatMessage, Scenario, Source, new_uuid, utcnow
@@ -55,6 +69,10 @@ EXCERPT_CHARS = 300
 _INLINE_PROMPT_CHARS = 50_000
 # `document_store`: chunks ranked to find the best `k` documents.
 _DOCUMENT_CANDIDATE_CHUNKS = 100
+# Questions doing their database and CPU work at once (per process, see `turn`): enough to overlap one
+# question's database round trips with another's Python work, few enough that other requests are not
+# queued behind the steps of every question in progress.
+TURNS = 4
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
@@ -118,7 +136,7 @@ async def ask(
     reranker: Reranker | None = None,
 ) -> AsyncGenerator[ChatEvent]:
     """Answer a question; when streaming, yields `Started` and the answer's pieces; always ends with `Answered`."""
-    async with database.session(write=False) as session:
+    async with turn(), database.session(write=False) as session:
         # 1. The chat and its scenario.
         if question.chat_id is None:
             chat = _new_chat_settings(caller, question)
@@ -130,25 +148,33 @@ async def ask(
         # 2. Access, again on every question.
         scope = access.retrieval_scope(caller, chat.groups, chat.use_public)
         searched = not scope.is_empty and scenario.context_retriever_type != "none"
+        vectors = searched and dense is not None and await _searches_vectors(session, scenario, dense)
+        embedder = dense.embedder if vectors and dense is not None else None
         retrieve_passages = functools.partial(
             _retrieve, settings, scenario, scope, question.text, chat.language, dense, reranker
         )
 
         # A new chat is unknown to everyone until it is saved: it needs no lock and has no history, so its
-        # passages are read right here, in the same short transaction.
-        if chat.is_new:
-            candidates = await retrieve_passages(session) if searched else []
+        # passages are read right here, in the same short transaction, unless the question must be embedded
+        # first (that waits with no connection held).
+        candidates: list[Candidate] = []
+        if chat.is_new and searched and embedder is None:
+            candidates = await retrieve_passages(session)
 
     # 3. The busy lock of an existing chat.
     lock = None if chat.is_new else await ChatLock.acquire(database, chat.id, caller.user.id, settings)
     saved = False
     try:
-        # 4. History and passages, read after the lock is taken so that the previous answer is in.
+        # 4. The question's vector, then history and passages, read after the lock is taken so that the
+        # previous answer is in.
+        query_vector = None if embedder is None else await embedder.embed_query(question.text)
         history: list[Turn] = []
-        if not chat.is_new:
-            async with database.session(write=False) as session:
-                history = await _history(session, caller, chat.id) if scenario.use_history else []
-                candidates = await retrieve_passages(session) if searched else []
+        if not chat.is_new or embedder is not None:
+            async with turn(), database.session(write=False) as session:
+                if not chat.is_new and scenario.use_history:
+                    history = await _history(session, caller, chat.id)
+                if searched:
+                    candidates = await retrieve_passages(session, query_vector)
 
         # 5. The prompt; whole documents make it CPU work worth a thread.
         build = functools.partial(
@@ -232,6 +258,25 @@ async def _history(session: AsyncSession, caller: Principal, chat_id: str) -> li
     ]
 
 
+async def _searches_vectors(session: AsyncSession, scenario: Scenario, dense: DenseIndex) -> bool:
+    """Whether retrieval for this scenario searches dense vectors, so that the question must be embedded:
+    the scenario uses them and the embedder's model is the one in service (not still being built)."""
+    return _retrieval_mode(scenario) != "sparse" and await dense.is_active(await session.connection())
+
+
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def turn() -> asyncio.Semaphore:
+    """What a question holds (`async with turn():`) while it does database and CPU work: `TURNS` at once
+    per event loop, in arrival order. Never held while waiting for the embedder or the model."""
+    loop = asyncio.get_running_loop()
+    turns = _turns.get(loop)
+    if turns is None:
+        turns = _turns[loop] = asyncio.Semaphore(TURNS)
+    return turns
+
+
 def _retrieval_mode(scenario: Scenario) -> RetrievalMode:
     """The retrieval core's mode for a scenario's `use_sparse`/`use_dense` flags (validation keeps one on)."""
     if scenario.use_dense:
@@ -248,6 +293,7 @@ async def _retrieve(
     dense: DenseIndex | None,
     reranker: Reranker | None,
     session: AsyncSession,
+    query_vector: Vectors | None = None,
 ) -> list[Candidate]:
     """Passages from the documents in scope: chunks, or whole documents for `document_store`."""
     conn = await session.connection()
@@ -260,6 +306,7 @@ async def _retrieve(
         scenario.similarity_threshold,
         _retrieval_mode(scenario),
         dense=dense,
+        query_vector=query_vector,
         reranker=reranker if scenario.use_reranking else None,
         language=language,
     )
@@ -341,7 +388,7 @@ async def _save(
     sources = cited_sources(prompt)
     context = {p.source_id for p in prompt.passages}.union(*(t.context_source_ids for t in history))
     now = utcnow()
-    async with database.session() as session:
+    async with turn(), database.session() as session:
         if chat.is_new:
             session.add(
                 Chat(

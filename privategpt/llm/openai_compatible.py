@@ -1,6 +1,7 @@
 """A client for any OpenAI-compatible `/chat/completions` API: vLLM, Ollama, llama.cpp server, LM Studio, OpenAI.
 
-One `httpx.AsyncClient` per process, so connections are reused and no request blocks the event loop.
+A few `httpx.AsyncClient`s per process (`ModelServerClients`: many answers are produced at once), so
+connections are reused and no request blocks the event loop.
 The whole answer (streamed or not) must arrive within the configured timeout; past it the caller gets
 `LLMTimeout`. A backend that cannot be connected to is `LLMUnavailable`; one that answers with an error
 status or with something that is not a completion is `LLMFailed`. Upstream error bodies are logged for
@@ -12,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import httpx
 
 from privategpt.llm.base import LLMFailed, LLMTimeout, LLMUnavailable, Prompt, Sampling
-from privategpt.model_client import model_server_client
+from privategpt.model_client import ModelServerClients
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +40,9 @@ class OpenAICompatibleLLM:
         self.model = model
         self.timeout = timeout
         self.max_tokens = max_tokens
-        # The total deadline is enforced around each call; the client's timeout only bounds single network steps.
-        self._client = model_server_client(
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            # Every concurrent chat holds one connection while its answer is produced.
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
-        )
+        # The total deadline is enforced around each call; the clients' timeout only bounds single network steps.
+        # Every chat in progress holds one connection while its answer is produced (8 x 64 at most).
+        self._clients = ModelServerClients(base_url, api_key=api_key, timeout=timeout)
 
     def _body(self, prompt: Prompt, sampling: Sampling, *, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -63,8 +60,9 @@ class OpenAICompatibleLLM:
         """The whole answer, in one non-streaming request."""
         body = self._body(prompt, sampling, stream=False)
         try:
-            async with asyncio.timeout(self.timeout):
-                response = await self._client.post("/chat/completions", json=body)
+            with self._clients.client() as client:
+                async with asyncio.timeout(self.timeout):
+                    response = await client.post("/chat/completions", json=body)
         except BaseException as exc:
             raise _translate(exc) from None
         await _check_status(response)
@@ -80,13 +78,18 @@ class OpenAICompatibleLLM:
 
     async def stream(self, prompt: Prompt, sampling: Sampling) -> AsyncIterator[str]:
         """The answer as server-sent chunks arrive; the deadline covers the whole stream."""
+        with self._clients.client() as client:
+            # Closed with this generator, so that the response is closed when a client disconnects mid-stream.
+            async with aclosing(self._stream(client, prompt, sampling)) as pieces:
+                async for piece in pieces:
+                    yield piece
+
+    async def _stream(self, client: httpx.AsyncClient, prompt: Prompt, sampling: Sampling) -> AsyncGenerator[str]:
         deadline = asyncio.get_running_loop().time() + self.timeout
-        request = self._client.build_request(
-            "POST", "/chat/completions", json=self._body(prompt, sampling, stream=True)
-        )
+        request = client.build_request("POST", "/chat/completions", json=self._body(prompt, sampling, stream=True))
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self._client.send(request, stream=True)
+                response = await client.send(request, stream=True)
         except BaseException as exc:
             raise _translate(exc) from None
         try:
@@ -115,7 +118,7 @@ class OpenAICompatibleLLM:
             await response.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._clients.aclose()
 
 
 _DONE = object()

@@ -8,9 +8,20 @@
     python bench/bench_chat.py concurrency --databases sqlite,postgresql
     python bench/bench_chat.py overhead --databases sqlite,postgresql --chunks 100000
 
-The LLM is the test suite's fake server (tests/fixtures/llm_server.py), run in this process. The overhead
-corpus is built once per database under --workdir (SciFact sentences, 10 sections per source, 100 groups)
-and reused by later runs; --rebuild starts over. Prints Markdown tables; results go to docs/benchmarks.md.
+The LLM is the test suite's fake server (tests/fixtures/llm_server.py), run in a process of its own. The
+server runs with its defaults, hybrid retrieval on the bundled local embedder included (`--embedding none`:
+BM25 only, to tell the embedder's share from the rest; `--workers N`: N server processes).
+
+Corpora are built once per database under --workdir (SciFact sentences, 10 sections per source, 100
+groups) and reused by later runs; --rebuild starts over. Every chunk gets a synthetic vector of the local
+model (see `_add_vectors`): questions are embedded for real and searched against as many vectors as there
+are chunks, and no embedding runs in the background while chats are measured.
+
+`concurrency` asks one question first (loading the embedding model and the vectors is start-up, not
+answering), then `--rounds` rounds of N questions that differ from user to user and from round to round.
+Besides the wall time of each round it reports the median answer time, `GET /groups` p50/p99, the server's
+CPU time per question (all its threads and worker processes) and the load generator's own CPU time per
+round: on a small machine the clients take CPU from the server too. Results go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -30,21 +41,26 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_vectors import _vectors  # noqa: E402
 from sqlalchemy import text  # noqa: E402
-from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E402
 
 from privategpt.config import to_async_url  # noqa: E402
+from privategpt.embeddings.local import DIMENSION, MODEL_NAME  # noqa: E402
 from privategpt.rag import index_prepared_many, prepare_source  # noqa: E402
-from tests.fixtures.llm_server import FakeLLM  # noqa: E402
+from privategpt.rag.vectors import _hnsw_index_name, activate_model, register_model, write_vectors  # noqa: E402
 from tests.fixtures.servers import free_port  # noqa: E402
 
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
@@ -53,6 +69,8 @@ ADMIN_PASSWORD = "bench-admin-password"
 GROUPS = 100
 SECTIONS_PER_SOURCE = 10
 SECTION_WORDS = 180
+# Marks a finished corpus (chunks and their vectors); older corpora, without vectors, are built again.
+READY = "ready-with-vectors"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -61,6 +79,35 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # -- servers --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def fake_llm(delay: float) -> Iterator[str]:
+    """The test suite's fake LLM in a process of its own, answering after `delay` seconds; yields its URL.
+
+    In this process it would share the interpreter lock with the load generator, and its answers would
+    wait for the clients' work (and the clients for its), which is not what a real LLM server does.
+    """
+    code = (
+        "import sys, time\n"
+        "from tests.fixtures.llm_server import FakeLLM\n"
+        "llm = FakeLLM()\n"
+        f"llm.delay = {delay!r}\n"
+        "llm.start()\n"
+        "print(llm.url, flush=True)\n"
+        "sys.stdin.read()\n"
+        "llm.stop()\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        yield process.stdout.readline().strip()
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(timeout=30)
 
 
 def database_url(database: str, workdir: Path) -> str:
@@ -74,10 +121,30 @@ def database_url(database: str, workdir: Path) -> str:
     return f"postgresql://postgres@/bench?host={workdir / 'pg'}"
 
 
+@dataclass(frozen=True)
+class Server:
+    api: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server process and its worker processes (Linux)."""
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            if stat.parent.name == str(self.pid) or fields[1] == str(self.pid):
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def serve(url: str, workdir: Path, llm_url: str) -> Iterator[str]:
+def serve(url: str, workdir: Path, llm_url: str, embedding: str = "local", workers: int = 1) -> Iterator[Server]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGPT_")}
     env.update(
+        PGPT_EMBEDDING_BACKEND=embedding,
+        PGPT_WORKERS=str(workers),
         PGPT_DATA_DIR=str(workdir / "data"),
         PGPT_DATABASE_URL=url,
         PGPT_ADMIN_EMAIL=ADMIN_EMAIL,
@@ -91,11 +158,12 @@ def serve(url: str, workdir: Path, llm_url: str) -> Iterator[str]:
         PGPT_ARGON2_PARALLELISM="1",
     )
     port = free_port()
+    log = open(workdir / "server.log", "ab")  # noqa: SIM115 (closed with the server)
     process = subprocess.Popen(
         [sys.executable, "-m", "privategpt.cli", "serve", "--port", str(port)],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -109,10 +177,11 @@ def serve(url: str, workdir: Path, llm_url: str) -> Iterator[str]:
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError("server did not start")
             time.sleep(0.2)
-        yield base + "/api/v1"
+        yield Server(base + "/api/v1", process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
+        log.close()
 
 
 def login(api: str, email: str, password: str) -> str:
@@ -137,7 +206,16 @@ def create_user(api: str, admin: str, email: str, groups: list[str]) -> str:
 # -- concurrency ----------------------------------------------------------------------------------
 
 
-async def _concurrent_round(api: str, tokens: list[str], groups: list[str]) -> tuple[float, list[int], list[float]]:
+@dataclass
+class Round:
+    wall: float  # from the first question sent to the last answer received
+    answers: list[float]  # each question's own latency
+    probes: list[float]  # GET /groups latencies meanwhile
+    server_cpu: float  # CPU seconds the server used during the round
+    client_cpu: float  # CPU seconds this process (the load generator) used during the round
+
+
+async def _concurrent_round(server: Server, tokens: list[str], groups: list[str], number: int) -> Round:
     limits = httpx.Limits(max_connections=len(tokens) + 8)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         done = asyncio.Event()
@@ -146,57 +224,64 @@ async def _concurrent_round(api: str, tokens: list[str], groups: list[str]) -> t
         async def probe() -> None:
             while not done.is_set():
                 started = time.perf_counter()
-                response = await client.get(f"{api}/groups", headers={"Authorization": f"Bearer {tokens[0]}"})
+                response = await client.get(f"{server.api}/groups", headers={"Authorization": f"Bearer {tokens[0]}"})
                 response.raise_for_status()
                 probes.append(time.perf_counter() - started)
                 await asyncio.sleep(0.02)
 
-        async def ask(token: str, i: int) -> int:
+        async def ask(token: str, i: int) -> float:
+            started = time.perf_counter()
+            # Questions differ from user to user and from round to round: no answer can come from a cache.
             response = await client.post(
-                f"{api}/chats",
-                json={"question": f"What do we know about cell biology, question {i}?", "groups": groups},
+                f"{server.api}/chats",
+                json={"question": f"What do we know about cell biology, question {number}.{i}?", "groups": groups},
                 headers={"Authorization": f"Bearer {token}"},
             )
-            return response.status_code
+            assert response.status_code == 200, response.text
+            return time.perf_counter() - started
 
+        server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
         prober = asyncio.create_task(probe())
         started = time.perf_counter()
-        statuses = await asyncio.gather(*(ask(t, i) for i, t in enumerate(tokens)))
+        answers = await asyncio.gather(*(ask(t, i) for i, t in enumerate(tokens)))
         wall = time.perf_counter() - started
         done.set()
         await prober
-    return wall, list(statuses), probes
+        server_cpu, client_cpu = server.cpu_seconds() - server_cpu, time.process_time() - client_cpu
+    return Round(wall, list(answers), probes, server_cpu, client_cpu)
 
 
 def concurrency(database: str, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir) / f"concurrency-{database}"
-    llm = FakeLLM()
-    llm.start()
-    llm.delay = args.llm_delay
     try:
-        url = prepared_database(database, workdir, 2_000, llm.url, rebuild=args.rebuild)
-        with serve(url, workdir, llm.url) as api:
-            admin = login(api, ADMIN_EMAIL, ADMIN_PASSWORD)
-            # Each user may see 10 % of the corpus, so every question retrieves passages.
-            groups = [f"group {g}" for g in range(10)]
-            tokens = [create_user(api, admin, f"u{i}@bench.example", groups) for i in range(args.users)]
-            rounds = []
-            for _ in range(args.rounds):
-                wall, statuses, probes = asyncio.run(_concurrent_round(api, tokens, groups))
-                assert statuses == [200] * len(tokens), statuses
-                rounds.append((wall, percentile(probes, 99) * 1000, len(probes)))
+        with fake_llm(args.llm_delay) as llm_url:
+            url = prepared_database(database, workdir, 2_000, llm_url, rebuild=args.rebuild)
+            with serve(url, workdir, llm_url, args.embedding, args.workers) as server:
+                admin = login(server.api, ADMIN_EMAIL, ADMIN_PASSWORD)
+                # Each user may see 10 % of the corpus, so every question retrieves passages.
+                groups = [f"group {g}" for g in range(10)]
+                tokens = [create_user(server.api, admin, f"u{i}@bench.example", groups) for i in range(args.users)]
+                # One question first: loading the embedding model and the vectors is the server's start-up,
+                # not a cost of answering.
+                asyncio.run(_concurrent_round(server, tokens[:1], groups, 0))
+                rounds = [asyncio.run(_concurrent_round(server, tokens, groups, n + 1)) for n in range(args.rounds)]
     finally:
-        llm.stop()
         if database == "postgresql":
             _stop_pg(workdir)
     return {
         "database": database,
+        "embedding": args.embedding,
         "users": args.users,
         "llm_delay": args.llm_delay,
-        "walls": [round(r[0], 2) for r in rounds],
-        "worst_wall": round(max(r[0] for r in rounds), 2),
-        "groups_p99_ms": round(max(r[1] for r in rounds), 1),
-        "probes": sum(r[2] for r in rounds),
+        "walls": [round(r.wall, 2) for r in rounds],
+        "worst_wall": round(max(r.wall for r in rounds), 2),
+        "answer_p50": round(statistics.median(a for r in rounds for a in r.answers), 2),
+        "groups_p99_ms": round(max(percentile(r.probes, 99) for r in rounds) * 1000, 1),
+        "groups_p50_ms": round(statistics.median(p for r in rounds for p in r.probes) * 1000, 1),
+        "probes": sum(len(r.probes) for r in rounds),
+        "server_cpu_ms_per_question": round(statistics.mean(r.server_cpu for r in rounds) / args.users * 1000, 1),
+        "client_cpu_s_per_round": round(statistics.mean(r.client_cpu for r in rounds), 2),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -266,6 +351,7 @@ async def _load_corpus(url: str, n_chunks: int) -> int:
             await index_prepared_many(conn, prepared)
         print(f"\r  {total} chunks in {time.perf_counter() - started:.0f} s", end="", file=sys.stderr)
     print(file=sys.stderr)
+    await _add_vectors(engine)
     async with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             await (await conn.execution_options(isolation_level="AUTOCOMMIT")).exec_driver_sql("VACUUM ANALYZE")
@@ -276,6 +362,34 @@ async def _load_corpus(url: str, n_chunks: int) -> int:
     return total
 
 
+async def _add_vectors(engine: AsyncEngine) -> None:
+    """Give every chunk a vector of the bundled local model, so that the server starts with nothing to embed.
+
+    Embedding 100,000 sections for real would take this 2-core machine hours, and a server still embedding
+    in the background would be measured along with the chats. The vectors are synthetic (bench_vectors.py's
+    structured ones); a dense search costs the same whatever they mean. Each question's own embedding is real.
+    """
+    async with engine.begin() as conn:
+        model = await register_model(conn, MODEL_NAME, DIMENSION)
+        if conn.dialect.name == "postgresql":
+            # Bulk-building the HNSW index after the load is several times faster than growing it.
+            await conn.execute(text(f"DROP INDEX IF EXISTS {_hnsw_index_name(model.id)}"))
+        ids = [int(r[0]) for r in await conn.execute(text("SELECT id FROM rag_chunks ORDER BY id"))]
+    rng = np.random.default_rng(42)
+    for start in range(0, len(ids), 5000):
+        batch = ids[start : start + 5000]
+        async with engine.begin() as conn:
+            await write_vectors(conn, model.id, list(zip(batch, _vectors("structured", rng, len(batch)), strict=True)))
+        print(f"\r  {start + len(batch)} vectors", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '1GB'")
+        await register_model(conn, MODEL_NAME, DIMENSION)  # creates the model's HNSW index again
+        await activate_model(conn, model.id)
+        await conn.execute(text("UPDATE sources SET embedding_state = 'done'"))
+
+
 def _stop_pg(workdir: Path) -> None:
     import pgserver
 
@@ -284,7 +398,7 @@ def _stop_pg(workdir: Path) -> None:
 
 def prepared_database(database: str, workdir: Path, n_chunks: int, llm_url: str, *, rebuild: bool) -> str:
     """A migrated database holding the benchmark corpus, built on first use and reused afterwards."""
-    if rebuild or not (workdir / "ready").exists():
+    if rebuild or not (workdir / READY).exists():
         if database == "postgresql" and (workdir / "pg").exists():
             _stop_pg(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -293,22 +407,22 @@ def prepared_database(database: str, workdir: Path, n_chunks: int, llm_url: str,
         with serve(url, workdir, llm_url):
             pass  # migrations applied, admin created
         chunks = asyncio.run(_load_corpus(url, n_chunks))
-        (workdir / "ready").write_text(str(chunks))
+        (workdir / READY).write_text(str(chunks))
         return url
     return database_url(database, workdir)
 
 
 def overhead(database: str, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir) / f"overhead-{database}-{args.chunks}"
-    llm = FakeLLM()
-    llm.start()
     try:
-        url = prepared_database(database, workdir, args.chunks, llm.url, rebuild=args.rebuild)
-        chunks = int((workdir / "ready").read_text())
+        with fake_llm(0.0) as llm_url:
+            url = prepared_database(database, workdir, args.chunks, llm_url, rebuild=args.rebuild)
+        chunks = int((workdir / READY).read_text())
         with open(SCIFACT / "queries.test.jsonl", encoding="utf-8") as handle:
             queries = [json.loads(line)["text"] for line in handle if line.strip()][: args.questions]
         results: dict[str, Any] = {"database": database, "chunks": chunks}
-        with serve(url, workdir, llm.url) as api:
+        with fake_llm(0.0) as llm_url, serve(url, workdir, llm_url, args.embedding) as server:
+            api = server.api
             admin = login(api, ADMIN_EMAIL, ADMIN_PASSWORD)
             scopes = {"1 %": ["group 0"], "100 %": [f"group {g}" for g in range(GROUPS)]}
             for label, groups in scopes.items():
@@ -342,7 +456,6 @@ def overhead(database: str, args: argparse.Namespace) -> dict[str, Any]:
                     "sources_per_answer": round(cited / len(queries), 2),
                 }
     finally:
-        llm.stop()
         if database == "postgresql":
             _stop_pg(workdir)
     return results
@@ -359,6 +472,13 @@ def main() -> int:
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--questions", type=int, default=300)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (PGPT_WORKERS)")
+    parser.add_argument(
+        "--embedding",
+        choices=["local", "none"],
+        default="local",
+        help="the server's PGPT_EMBEDDING_BACKEND: local (the default: hybrid retrieval) or none (BM25 only)",
+    )
     args = parser.parse_args()
     for database in [d.strip() for d in args.databases.split(",") if d.strip()]:
         result = concurrency(database, args) if args.target == "concurrency" else overhead(database, args)

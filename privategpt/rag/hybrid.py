@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from privategpt.embeddings.base import Embedder, Vectors
 from privategpt.rag import vectors
-from privategpt.rag.retrieval import DEFAULT_PARAMS, Bm25Params, ScoredChunk, retrieve_sparse
+from privategpt.rag.retrieval import DEFAULT_PARAMS, Bm25Params, ScoredChunk, retrieve_sparse, sparse_hits
 from privategpt.rag.store import RetrievalScope, store_for
 from privategpt.rag.vectors import ChunkToEmbed, EmbeddingModel
 from privategpt.reranking import Reranker, RerankFailed
@@ -164,16 +164,17 @@ async def retrieve(
         assert dense is not None
         if query_vector is None:
             query_vector = await dense.embedder.embed_query(query)
-        dense_hits = [
-            _Hit(chunk_id, max(0.0, score))
-            for chunk_id, score in await vectors.search_dense(conn, dense.model.id, query_vector, scope, width)
-        ]
-        if mode == "dense":
-            ranked = dense_hits
-        else:
-            sparse_chunks = await retrieve_sparse(conn, query, scope, width, 0.0, language=language, params=params)
-            known = {c.chunk_id: c for c in sparse_chunks}
-            ranked = fuse([_Hit(c.chunk_id, c.score) for c in sparse_chunks], dense_hits, fusion)
+        # The dense search's arithmetic (SQLite: the in-process matrix) runs in a worker thread while
+        # BM25 uses the connection; only the final chunks' texts are read.
+        pending = await vectors.start_dense(conn, dense.model.id, query_vector, scope, width)
+        sparse = []
+        if mode == "hybrid":
+            sparse = [
+                _Hit(c, s)
+                for c, s in await sparse_hits(conn, query, scope, width, 0.0, language=language, params=params)
+            ]
+        dense_hits = [_Hit(chunk_id, max(0.0, score)) for chunk_id, score in await pending.result(conn)]
+        ranked = dense_hits if mode == "dense" else fuse(sparse, dense_hits, fusion)
     if reranker is not None:
         ranked = ranked[: max(k, RERANK_CANDIDATES)]
         await _read_chunks(conn, scope, known, ranked)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,7 @@ __all__ = [
     "index_source",
     "prepare_source",
     "retrieve_sparse",
+    "sparse_hits",
 ]
 
 
@@ -235,6 +237,42 @@ def _score(
     return ids, scores
 
 
+# A scope's size (capped) and share of the sources, remembered per process for a few seconds: they only
+# pick the plan and size the impact walk, every plan reads under the access filter and falls back to the
+# access walk when short, and at 100,000 chunks the two counts cost 5 ms of a wide scope's ~20.
+SCOPE_STATS_TTL_S = 5.0
+_SCOPE_STATS: dict[tuple[str, str, frozenset[int], bool, int], tuple[float, float]] = {}
+
+
+async def _scope_stat(
+    conn: AsyncConnection, scope: RetrievalScope, what: str, cap: int, read: Callable[[], Awaitable[float]]
+) -> float:
+    key = (conn.engine.url.render_as_string(hide_password=True), what, scope.group_ids, scope.include_public, cap)
+    now = time.monotonic()
+    cached = _SCOPE_STATS.get(key)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    value = await read()
+    if len(_SCOPE_STATS) > 1000:
+        _SCOPE_STATS.clear()
+    _SCOPE_STATS[key] = (now + SCOPE_STATS_TTL_S, value)
+    return value
+
+
+async def _scope_size(conn: AsyncConnection, scope: RetrievalScope, cap: int) -> float:
+    """`count_visible` up to `cap`, remembered for SCOPE_STATS_TTL_S."""
+
+    async def read() -> float:
+        return float(await store_for(conn).count_visible(conn, scope, cap))
+
+    return await _scope_stat(conn, scope, "size", cap, read)
+
+
+async def _scope_share(conn: AsyncConnection, scope: RetrievalScope) -> float:
+    """`visible_share`, remembered for SCOPE_STATS_TTL_S."""
+    return await _scope_stat(conn, scope, "share", 0, lambda: store_for(conn).visible_share(conn, scope))
+
+
 async def _impact_pool(
     conn: AsyncConnection, scope: RetrievalScope, terms: Sequence[_QueryTerm], k: int, params: Bm25Params
 ) -> list[Candidate]:
@@ -244,7 +282,7 @@ async def _impact_pool(
     reads 1/share times as far to find about as many visible chunks; the pool then keeps only visible
     ones, inside the same statement.
     """
-    share = max(await store_for(conn).visible_share(conn, scope), _MIN_SHARE)
+    share = max(await _scope_share(conn, scope), _MIN_SHARE)
     wanted = max(params.rescore_pool, params.pool_per_k * k)
     budget = math.ceil(max(params.impact_budget, 4 * wanted) / share)
     walk = _plan(terms, budget, params.min_impact_postings_per_term)
@@ -267,6 +305,29 @@ async def retrieve_sparse(
 
     `privategpt.rag.hybrid.retrieve`, the entry point of every caller, runs it in every mode.
     """
+    top = await sparse_hits(conn, query, scope, k, threshold, language=language, params=params)
+    # The rows are read again under the scope: on PostgreSQL each statement sees the latest commit,
+    # so a source deleted or regrouped meanwhile is dropped here rather than returned.
+    rows = {row.chunk_id: row for row in await store_for(conn).fetch(conn, scope, [c for c, _ in top])}
+    return [
+        ScoredChunk(c, rows[c].source_id, rows[c].source_name, rows[c].text, rows[c].heading_path, score)
+        for c, score in top
+        if c in rows
+    ]
+
+
+async def sparse_hits(
+    conn: AsyncConnection,
+    query: str,
+    scope: RetrievalScope,
+    k: int,
+    threshold: float = 0.0,
+    *,
+    language: str = "en",
+    params: Bm25Params = DEFAULT_PARAMS,
+) -> list[tuple[int, float]]:
+    """`retrieve_sparse`'s ranking without reading the chunks: (chunk id, score), best first. Every
+    candidate was in scope when read; whoever shows the chunks reads them again under the scope."""
     if k <= 0 or scope.is_empty:
         return []
     if ready_for(query):
@@ -284,7 +345,7 @@ async def retrieve_sparse(
     ]
     max_score = sum(t.weight for t in terms) * (params.k1 + 1.0)
 
-    if await store.count_visible(conn, scope, params.exhaustive_scope) <= params.exhaustive_scope:
+    if await _scope_size(conn, scope, params.exhaustive_scope) <= params.exhaustive_scope:
         candidates = await store.chunks_in_scope(conn, scope)
     else:
         candidates = await _impact_pool(conn, scope, terms, k, params) if params.impact_walk else []
@@ -297,16 +358,8 @@ async def retrieve_sparse(
 
     # Best score first, ties by chunk id, so both databases return the same order.
     order = np.lexsort((ids, -scores))[:k]
-    top = [
+    return [
         (chunk_id, score / max_score)
         for chunk_id, score in zip(ids[order].tolist(), scores[order].tolist(), strict=True)
         if score > 0 and score / max_score >= threshold
-    ]
-    # The rows are read again under the scope: on PostgreSQL each statement sees the latest commit,
-    # so a source deleted or regrouped meanwhile is dropped here rather than returned.
-    rows = {row.chunk_id: row for row in await store.fetch(conn, scope, [c for c, _ in top])}
-    return [
-        ScoredChunk(c, rows[c].source_id, rows[c].source_name, rows[c].text, rows[c].heading_path, score)
-        for c, score in top
-        if c in rows
     ]

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -266,22 +268,44 @@ class _SqlStore:
         """SQL of (chunk_id, v) rows: each term's best postings by impact, v = weight * impact."""
         raise NotImplementedError
 
+    def _walk_arrays(self, walk: str) -> str:
+        """SQL of one row: the walk's chunk ids and values, each as one array (or list in a string)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _array(value: Any) -> npt.NDArray[np.float64]:
+        return np.array(value, dtype=np.float64)
+
+    def _in_array(self, column: str, name: str) -> str:
+        """SQL predicate: the column is in the array bound as `name` (`_bind_array` prepares its value)."""
+        raise NotImplementedError
+
+    def _bind_array(self, values: list[int]) -> Any:
+        raise NotImplementedError
+
     async def impact_candidates(
         self, conn: AsyncConnection, scope: RetrievalScope, plan: Sequence[ImpactTerm], limit: int
     ) -> list[Candidate]:
         if not plan:
             return []
-        params: dict[str, Any] = {**self._scope_params(scope), "pool": int(limit)}
-        # One statement: index-only walks (no chunk row, no access probe per posting), integer sums (so
-        # both databases pick the very same pool), then the chunk rows of the best `pool` under the scope.
+        # Two statements: index-only walks (no chunk row, no access probe per posting) read back whole,
+        # their integer sums and the best `limit` of them computed here, then the rows of that pool under
+        # the scope. At a 10 % scope the walk is 40,000 postings, whose GROUP BY and sort in the database
+        # cost more than the numpy below (SQLite: 20 ms of CPU; PostgreSQL: a quarter of the statement).
+        params: dict[str, Any] = {}
+        row = (await conn.execute(text(self._walk_arrays(self._impact_walk(plan, params))), params)).one()
+        if row[0] is None or len(row[0]) == 0:
+            return []
+        chunk_ids, owner = np.unique(self._array(row[0]).astype(np.int64), return_inverse=True)
+        # Integer sums far below 2**53, exact in float64: both databases pick the very same pool.
+        totals = np.bincount(owner, weights=self._array(row[1]))
+        pool = chunk_ids[np.lexsort((chunk_ids, -totals))[: int(limit)]].tolist()
         sql = (
-            f"WITH walk AS ({self._impact_walk(plan, params)}), "
-            "pool AS (SELECT chunk_id, sum(v) AS total FROM walk GROUP BY chunk_id "
-            "ORDER BY total DESC, chunk_id LIMIT :pool) "
-            "SELECT c.id, c.length, c.terms FROM pool CROSS JOIN rag_chunks c CROSS JOIN sources s "
-            f"WHERE c.id = pool.chunk_id AND s.id = c.source_id AND {self._visible(scope)}"
+            "SELECT c.id, c.length, c.terms FROM rag_chunks c CROSS JOIN sources s "
+            f"WHERE {self._in_array('c.id', 'pool')} AND s.id = c.source_id AND {self._visible(scope)}"
         )
-        result = await conn.execute(self._bind(sql, *self._scope_params(scope)), params)
+        scope_params = self._scope_params(scope)
+        result = await conn.execute(self._bind(sql, *scope_params), {**scope_params, "pool": self._bind_array(pool)})
         return cast(list[Candidate], result.all())
 
     async def chunks_in_scope(self, conn: AsyncConnection, scope: RetrievalScope) -> list[Candidate]:
@@ -368,6 +392,20 @@ class SqliteStore(_SqlStore):
     def _no_index(self, column: str) -> str:
         return f"+{column}"
 
+    def _walk_arrays(self, walk: str) -> str:
+        return f"WITH walk AS ({walk}) SELECT group_concat(chunk_id), group_concat(v) FROM walk"
+
+    @staticmethod
+    def _array(value: Any) -> npt.NDArray[np.float64]:
+        return np.array(str(value).split(","), dtype=np.float64)
+
+    def _in_array(self, column: str, name: str) -> str:
+        # One JSON parameter: an expanded IN list of thousands of values costs SQLAlchemy milliseconds.
+        return f"{column} IN (SELECT value FROM json_each(:{name}))"
+
+    def _bind_array(self, values: list[int]) -> Any:
+        return json.dumps(values)
+
     def _bind(self, sql: str, *expanding: str) -> Any:
         return text(sql).bindparams(*(bindparam(n, expanding=True) for n in expanding))
 
@@ -452,6 +490,15 @@ class PostgresStore(_SqlStore):
 
     def _no_index(self, column: str) -> str:
         return f"({column} + 0)"
+
+    def _walk_arrays(self, walk: str) -> str:
+        return f"WITH walk AS ({walk}) SELECT array_agg(chunk_id), array_agg(v) FROM walk"
+
+    def _in_array(self, column: str, name: str) -> str:
+        return f"{column} = ANY(CAST(:{name} AS integer[]))"
+
+    def _bind_array(self, values: list[int]) -> Any:
+        return values
 
     def _bind(self, sql: str, *expanding: str) -> Any:
         return text(sql)

@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -41,12 +43,14 @@ from privategpt.rag.store import PostgresStore, RetrievalScope, SqliteStore, _Sq
 __all__ = [
     "ChunkToEmbed",
     "EmbeddingModel",
+    "PendingDense",
     "activate_model",
     "chunks_missing_vectors",
     "count_missing_vectors",
     "list_models",
     "register_model",
     "search_dense",
+    "start_dense",
     "write_vectors",
 ]
 
@@ -59,6 +63,10 @@ MAX_DIMENSION = 16_000
 MAX_HNSW_DIMENSION = 2000
 # Up to this many visible chunks, a search scores exactly the visible ones (both databases).
 SMALL_SCOPE = 4000
+# SQLite: also up to this share of the model's vectors. Gathering the visible rows of the matrix and
+# scoring them costs about 2.5 times as much per row as scoring the whole matrix in place, and saves the
+# large plan's visibility checks, so scopes up to ~40 % are cheaper scored row by row.
+SQLITE_GATHER_SHARE = 0.4
 # pgvector's largest ef_search; a scope so narrow that it would need more is a small scope anyway.
 MAX_EF_SEARCH = 1000
 MIN_EF_SEARCH = 40
@@ -68,10 +76,11 @@ LOG_PRUNE_AT = 1_000_000
 LOG_KEEP = 250_000
 # Candidates whose visibility the first round of a large-scope SQLite search checks, per result asked
 # for, and at most (one SQL batch).
-FIRST_CANDIDATES_PER_K = 8
+FIRST_CANDIDATES_PER_K = 2
 MAX_FIRST_CANDIDATES = 4000
 _SQLITE_ROWS_PER_INSERT = 400
-_SQLITE_IDS_PER_QUERY = 4000
+# Rows per matrix-vector product (SQLite): 1,024 x 384 float32 is 1.5 MB, and below OpenBLAS's threading.
+_SCORE_BLOCK = 1024
 _PG_ROWS_PER_INSERT = 2000
 
 
@@ -378,29 +387,28 @@ def _remember_large(conn: AsyncConnection, scope: RetrievalScope, cap: int, size
     _LARGE_SCOPES[_scope_key(conn, scope, cap)] = (now + LARGE_SCOPE_TTL_S, size)
 
 
-async def _visible_chunk_ids(conn: AsyncConnection, scope: RetrievalScope, limit: int) -> list[int]:
-    """Ids of up to `limit` chunks in scope."""
+async def _visible_source_ids(conn: AsyncConnection, scope: RetrievalScope, limit: int) -> list[str]:
+    """Ids of up to `limit` searchable sources in scope (SQLite)."""
     store = _sql_store(conn)
     sql = (
         f"WITH vs AS ({store._visible_sources(scope)}) "
-        "SELECT c.id FROM vs CROSS JOIN sources s CROSS JOIN rag_chunks c "
-        "WHERE s.id = vs.id AND c.source_id = s.id AND s.state = 'vectorized' LIMIT :limit"
+        "SELECT s.id FROM vs CROSS JOIN sources s WHERE s.id = vs.id AND s.state = 'vectorized' LIMIT :limit"
     )
     params = store._scope_params(scope)
     rows = await conn.execute(store._bind(sql, *params), {**params, "limit": limit})
-    return [int(r[0]) for r in rows]
+    return [str(r[0]) for r in rows]
 
 
 async def _visible_sources_among(conn: AsyncConnection, scope: RetrievalScope, source_ids: Sequence[str]) -> set[str]:
-    """Those of these sources that are searchable in the scope."""
+    """Those of these sources that are searchable in the scope (SQLite). The ids travel as one JSON array:
+    an expanded IN list of a thousand values costs SQLAlchemy milliseconds to render on every query."""
     store = _sql_store(conn)
-    visible: set[str] = set()
-    for start in range(0, len(source_ids), _SQLITE_IDS_PER_QUERY):
-        batch = list(source_ids[start : start + _SQLITE_IDS_PER_QUERY])
-        sql = f"SELECT s.id FROM sources s WHERE {store._in('s.id', 'sources')} AND {store._visible(scope)}"
-        params = {**store._scope_params(scope), "sources": batch}
-        visible.update(str(r[0]) for r in await conn.execute(store._bind(sql, *params), params))
-    return visible
+    sql = (
+        f"SELECT s.id FROM sources s WHERE s.id IN (SELECT value FROM json_each(:sources)) AND {store._visible(scope)}"
+    )
+    params = store._scope_params(scope)
+    rows = await conn.execute(store._bind(sql, *params), {**params, "sources": json.dumps(list(source_ids))})
+    return {str(r[0]) for r in rows}
 
 
 def _check_query(query: npt.ArrayLike, dimension: int) -> Matrix:
@@ -411,8 +419,61 @@ def _check_query(query: npt.ArrayLike, dimension: int) -> Matrix:
 
 
 def _best(ids: npt.NDArray[np.int64], scores: Matrix, k: int) -> list[tuple[int, float]]:
+    n = len(scores)
+    if n > 4 * k:
+        # Only the k best and everything tied with the k-th are sorted.
+        keep = np.flatnonzero(scores >= np.partition(scores, n - k)[n - k])
+        ids, scores = ids[keep], scores[keep]
     order = np.lexsort((ids, -scores))[:k]
     return [(int(ids[i]), float(scores[i])) for i in order]
+
+
+class PendingDense:
+    """A dense search under way: its first database reads are done and its arithmetic may still be
+    running in a worker thread, so the caller can use the connection meanwhile (hybrid retrieval runs
+    BM25 then). `result` finishes it on the same connection."""
+
+    def __init__(self, finish: Callable[[AsyncConnection], Awaitable[list[tuple[int, float]]]]) -> None:
+        self._finish = finish
+
+    async def result(self, conn: AsyncConnection) -> list[tuple[int, float]]:
+        """The search's hits: (chunk id, cosine similarity), best first, ties by chunk id."""
+        return await self._finish(conn)
+
+
+def _done(hits: list[tuple[int, float]]) -> PendingDense:
+    async def finish(conn: AsyncConnection) -> list[tuple[int, float]]:
+        return hits
+
+    return PendingDense(finish)
+
+
+async def start_dense(
+    conn: AsyncConnection,
+    model_id: int,
+    query: npt.ArrayLike,
+    scope: RetrievalScope,
+    k: int,
+    *,
+    small_scope: int | None = None,
+) -> PendingDense:
+    """Start `search_dense`; the connection is free again when this returns (see PendingDense)."""
+    model = await get_model(conn, model_id)
+    q = _check_query(query, model.dimension)
+    if model.state == "retired":
+        with _INDEXES_LOCK:
+            _INDEXES.pop((_database_key(conn), model.id), None)
+        return _done([])
+    if k <= 0 or scope.is_empty:
+        return _done([])
+    if conn.dialect.name == "sqlite":
+        return await _start_sqlite(conn, model, q, scope, k, small_scope)
+    limit = SMALL_SCOPE if small_scope is None else small_scope
+
+    async def finish(conn: AsyncConnection) -> list[tuple[int, float]]:
+        return await _search_postgres(conn, model, q, scope, k, limit)
+
+    return PendingDense(finish)
 
 
 async def search_dense(
@@ -422,24 +483,16 @@ async def search_dense(
     scope: RetrievalScope,
     k: int,
     *,
-    small_scope: int = SMALL_SCOPE,
+    small_scope: int | None = None,
 ) -> list[tuple[int, float]]:
     """The `k` chunks in scope most similar to the query: (chunk id, cosine similarity), best first, ties
     by chunk id. Fewer than `k` only when fewer chunks in scope have a vector of this model.
 
-    Scopes of up to `small_scope` visible chunks are scored exhaustively (tests lower it to reach the
-    large-scope paths on small corpora)."""
-    model = await get_model(conn, model_id)
-    q = _check_query(query, model.dimension)
-    if model.state == "retired":
-        with _INDEXES_LOCK:
-            _INDEXES.pop((_database_key(conn), model.id), None)
-        return []
-    if k <= 0 or scope.is_empty:
-        return []
-    if conn.dialect.name == "sqlite":
-        return await _search_sqlite(conn, model, q, scope, k, small_scope)
-    return await _search_postgres(conn, model, q, scope, k, small_scope)
+    Scopes of up to `small_scope` visible chunks are scored exhaustively; by default SMALL_SCOPE on
+    PostgreSQL and on SQLite the larger of that and SQLITE_GATHER_SHARE of the model's vectors (tests
+    lower it to reach the large-scope paths on small corpora)."""
+    pending = await start_dense(conn, model_id, query, scope, k, small_scope=small_scope)
+    return await pending.result(conn)
 
 
 # -- SQLite: the in-process index ----------------------------------------------------------------------
@@ -520,6 +573,9 @@ class _DenseIndex:
 
 
 _INDEXES: dict[tuple[str, int], _DenseIndex] = {}
+# The threads that score the matrix: few, so that their malloc arenas (one per thread, each keeping what
+# numpy's temporaries left) do not add to the memory the matrix itself takes.
+_SCORING = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="dense-scoring")
 _INDEXES_LOCK = threading.Lock()
 _LOAD_LOCKS: dict[tuple[int, tuple[str, int]], asyncio.Lock] = {}
 
@@ -631,62 +687,82 @@ def _remember_share(hint: tuple[str, frozenset[int], bool, int], share: float) -
     _SHARES[hint] = share
 
 
-async def _search_sqlite(
-    conn: AsyncConnection, model: EmbeddingModel, q: Matrix, scope: RetrievalScope, k: int, small_scope: int
-) -> list[tuple[int, float]]:
+async def _start_sqlite(
+    conn: AsyncConnection, model: EmbeddingModel, q: Matrix, scope: RetrievalScope, k: int, small_scope: int | None
+) -> PendingDense:
     index = await _current_index(conn, model)
-    if _known_large(conn, scope, small_scope) is None:
-        # Listing the visible chunks is the small plan's first step and tells a large scope apart.
-        visible = await _visible_chunk_ids(conn, scope, small_scope + 1)
-        if len(visible) <= small_scope:
-            return await _search_sqlite_small(conn, index, model, q, visible, k)
-        _remember_large(conn, scope, small_scope, len(visible))
-    return await _search_sqlite_large(conn, index, q, scope, k)
+    limit = small_scope if small_scope is not None else max(SMALL_SCOPE, int(SQLITE_GATHER_SHARE * index.size))
+    if _known_large(conn, scope, limit) is None:
+        # The share of sources in scope (two counts, an over-estimate) rules out most large scopes before
+        # their sources are listed: listing 10,000 of them costs more than a whole large-scope search.
+        count = math.ceil(await _sql_store(conn).visible_share(conn, scope) * index.size)
+        if count <= 1.5 * limit:
+            sources = await _visible_source_ids(conn, scope, limit + 1)
+            with index.lock:
+                visible = np.zeros(len(index.source_names), dtype=bool)
+                visible[[key for key in map(index.source_keys.get, sources) if key is not None]] = True
+                count = int(np.count_nonzero(visible[index.sources[: index.size]]))
+            if len(sources) <= limit and count <= limit:
+                work = asyncio.get_running_loop().run_in_executor(_SCORING, _score_rows, index, q, visible, k)
+                return PendingDense(lambda conn: _awaited(work))
+        _remember_large(conn, scope, limit, count)
+    scored = asyncio.get_running_loop().run_in_executor(_SCORING, _score_all, index, q)
+
+    async def finish(conn: AsyncConnection) -> list[tuple[int, float]]:
+        return await _search_sqlite_large(conn, index, await scored, scope, k)
+
+    return PendingDense(finish)
 
 
-async def _search_sqlite_small(
-    conn: AsyncConnection, index: _DenseIndex, model: EmbeddingModel, q: Matrix, visible: list[int], k: int
-) -> list[tuple[int, float]]:
+async def _awaited(work: asyncio.Future[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    return await work
+
+
+def _score_rows(index: _DenseIndex, q: Matrix, visible: npt.NDArray[np.bool_], k: int) -> list[tuple[int, float]]:
+    """Small scopes: the rows of the visible sources (by source key) alone, scored exactly (in a worker
+    thread). The rows are found here, under the lock: the layout may have changed since the listing."""
     with index.lock:
-        rows = [index.rows.get(c) for c in visible]
-        found = [(c, r) for c, r in zip(visible, rows, strict=True) if r is not None]
-        ids = np.array([c for c, _ in found], dtype=np.int64)
-        scores = index.matrix[[r for _, r in found]] @ q if found else np.zeros(0, dtype=np.float32)
-    unknown = [c for c, r in zip(visible, rows, strict=True) if r is None]
-    if unknown:
-        # Written after this process last read the log (or a chunk without a vector): read them here.
-        extra_ids, extra_scores = await _score_from_table(conn, model, q, unknown)
-        ids = np.concatenate([ids, extra_ids])
-        scores = np.concatenate([scores, extra_scores])
-    return _best(ids, scores.astype(np.float32), k)
+        if len(visible) < len(index.source_names):  # sources first seen since: not in the listing
+            visible = np.concatenate([visible, np.zeros(len(index.source_names) - len(visible), dtype=bool)])
+        ids = index.ids[: index.size]
+        rows = np.flatnonzero(visible[index.sources[: index.size]] & (ids >= 0))
+        ids = ids[rows]
+        scores = _scores(index.matrix, q, rows, len(rows))
+    return _best(ids, scores, k)
 
 
-async def _score_from_table(
-    conn: AsyncConnection, model: EmbeddingModel, q: Matrix, chunk_ids: Sequence[int]
-) -> tuple[npt.NDArray[np.int64], Matrix]:
-    store = _sql_store(conn)
-    found: list[tuple[int, bytes]] = []
-    for start in range(0, len(chunk_ids), _SQLITE_IDS_PER_QUERY):
-        params = {"m": model.id, "chunks": list(chunk_ids[start : start + _SQLITE_IDS_PER_QUERY])}
-        sql = f"SELECT chunk_id, vector FROM rag_vectors WHERE model_id = :m AND {store._in('chunk_id', 'chunks')}"
-        found += [(int(c), bytes(v)) for c, v in await conn.execute(store._bind(sql, "chunks"), params)]
-    found = [(c, v) for c, v in found if len(v) == 4 * model.dimension]
-    if not found:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    matrix = np.frombuffer(b"".join(v for _, v in found), dtype=np.float32).reshape(len(found), model.dimension)
-    return np.array([c for c, _ in found], dtype=np.int64), cast(Matrix, matrix @ q)
-
-
-async def _search_sqlite_large(
-    conn: AsyncConnection, index: _DenseIndex, q: Matrix, scope: RetrievalScope, k: int
-) -> list[tuple[int, float]]:
+def _score_all(index: _DenseIndex, q: Matrix) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], Matrix]:
+    """Large scopes: every row's id, source key and score (in a worker thread)."""
     with index.lock:
         # Free rows (id -1, zero vectors) stay in: filtering them out of 100,000 scores costs more
         # than skipping the few that reach a candidate band.
         ids = index.ids[: index.size].copy()
         sources = index.sources[: index.size].copy()
-        source_names = list(index.source_names)
-        scores = index.matrix[: index.size] @ q
+        scores = _scores(index.matrix, q, None, index.size)
+    return ids, sources, scores
+
+
+def _scores(matrix: Matrix, q: Matrix, rows: npt.NDArray[np.intp] | None, count: int) -> Matrix:
+    """`matrix[rows] @ q` (or of its first `count` rows), a block of rows at a time: single-threaded
+    products of cache-sized blocks cost the same CPU as one product over 100,000 rows, whose second
+    BLAS thread only spins on a busy machine (up to twice the CPU and wall time measured here), and a
+    gathered scope is never copied whole."""
+    out = np.empty(count, dtype=np.float32)
+    for start in range(0, count, _SCORE_BLOCK):
+        stop = min(count, start + _SCORE_BLOCK)
+        block = matrix[start:stop] if rows is None else matrix[rows[start:stop]]
+        np.matmul(block, q, out=out[start:stop])
+    return out
+
+
+async def _search_sqlite_large(
+    conn: AsyncConnection,
+    index: _DenseIndex,
+    scored: tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], Matrix],
+    scope: RetrievalScope,
+    k: int,
+) -> list[tuple[int, float]]:
+    ids, sources, scores = scored
     n = len(ids)
     if n == 0:
         return []
@@ -706,7 +782,8 @@ async def _search_sqlite_large(
         band = np.flatnonzero((scores >= threshold) & (scores < checked_above) & (ids >= 0))
         band_ids = ids[band]
         band_sources = sources[band]
-        visible = await _visible_sources_among(conn, scope, [source_names[s] for s in np.unique(band_sources)])
+        names = [index.source_names[s] for s in np.unique(band_sources)]
+        visible = await _visible_sources_among(conn, scope, names)
         keep = np.isin(band_sources, [index.source_keys[v] for v in visible])
         found_ids += band_ids[keep].tolist()
         found_scores += scores[band][keep].tolist()

@@ -210,6 +210,32 @@ async def test_group_change_and_state_change_apply_at_once(engine: AsyncEngine) 
         assert await retrieve(conn, "quantum", scope2, 5) == []
 
 
+@pytest.mark.parametrize("params", PLANS, ids=PLAN_IDS)
+async def test_regrouping_applies_at_once_whatever_the_plan_remembers(engine: AsyncEngine, params: Bm25Params) -> None:
+    """Each scope's size and share are remembered for a few seconds to pick and size the plan; what the
+    caller may see is still read by every query."""
+    async with engine.begin() as conn:
+        g1, g2 = await add_group(conn, "one"), await add_group(conn, "two")
+        ids = []
+        for i in range(6):
+            ids.append(await add_source(conn, f"Doc {i}", f"quantum widget {i}", groups=(g1 if i < 3 else g2,)))
+            await index_source(conn, ids[-1], f"Doc {i}", f"quantum widget {i}")
+    scope = RetrievalScope(frozenset({g1}), False)
+
+    async def seen() -> set[str]:
+        async with engine.connect() as conn:
+            return {c.source_id for c in await retrieve(conn, "quantum widget", scope, 10, params=params)}
+
+    assert await seen() == set(ids[:3])
+    async with engine.begin() as conn:  # one leaves the group, two join it
+        await conn.execute(text("DELETE FROM source_groups WHERE source_id = :s"), {"s": ids[0]})
+        await conn.execute(
+            text("UPDATE source_groups SET group_id = :g WHERE source_id IN (:a, :b)"),
+            {"g": g1, "a": ids[3], "b": ids[4]},
+        )
+    assert await seen() == set(ids[1:5])
+
+
 # -- index upkeep ---------------------------------------------------------------------------------
 
 

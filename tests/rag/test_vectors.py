@@ -335,3 +335,35 @@ async def test_concurrent_first_searches_agree(engine: AsyncEngine) -> None:
     together = await asyncio.gather(*(search(q, 0) for q in queries))
     one_by_one = [await search(q, vec.SMALL_SCOPE) for q in queries]
     assert [[c for c, _ in r] for r in together] == [[c for c, _ in r] for r in one_by_one]
+
+
+async def test_search_started_before_rows_are_reused_stays_in_scope(engine: AsyncEngine) -> None:
+    """SQLite scores a scope's rows in a worker thread after listing its sources; by then the matrix may
+    have been brought up to date and a deleted chunk's row handed to a chunk of another source."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the in-process matrix is SQLite's")
+    rng = np.random.default_rng(13)
+    q = _unit(rng, 1)[0]
+    async with engine.begin() as conn:
+        mine, other = await add_group(conn, "mine"), await add_group(conn, "other")
+        visible = await _sources(conn, 6, groups=(mine,), prefix="mine")
+        hidden = await _sources(conn, 6, groups=(other,), prefix="other")
+        model = await register_model(conn, "mini", DIM)
+        vis_chunks, hid_chunks = await _chunk_ids(conn, visible), await _chunk_ids(conn, hidden)
+        await write_vectors(conn, model.id, list(zip(vis_chunks, _unit(rng, len(vis_chunks)), strict=True)))
+    scope = RetrievalScope(frozenset({mine}), False)
+    async with engine.connect() as conn:
+        assert len(await search_dense(conn, model.id, q, scope, 3)) == 3
+    index = vec._INDEXES[(engine.url.render_as_string(hide_password=True), model.id)]
+    # The scope as the search listed it: its sources' keys.
+    listed = np.zeros(len(index.source_names), dtype=bool)
+    listed[[index.source_keys[s] for s in visible]] = True
+    async with engine.begin() as conn:  # half the visible chunks go; hidden ones take their rows, nearest to q
+        for source_id in visible[:3]:
+            await conn.execute(text("DELETE FROM sources WHERE id = :id"), {"id": source_id})
+        await write_vectors(conn, model.id, [(c, q) for c in hid_chunks])
+    async with engine.connect() as conn:  # another request brings the matrix up to date
+        await search_dense(conn, model.id, q, RetrievalScope(frozenset({other}), False), 1)
+    assert set(index.rows) == set(vis_chunks[3:]) | set(hid_chunks)
+    hits = vec._score_rows(index, q, listed, 10)
+    assert sorted(c for c, _ in hits) == sorted(vis_chunks[3:])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +15,8 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
+from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.util import await_
 
 from privategpt.config import Settings
 
@@ -22,7 +26,42 @@ from privategpt.config import Settings
 SQLITE_WRITE_INTENT = "privategpt_write_intent"
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+# Set in a pooled connection's `info` while its transaction holds the process's write turn.
+_HOLDS_WRITE_TURN = "privategpt_write_turn"
+
+
+class WriteTurns:
+    """SQLite's writers of one process, queued in the event loop instead of in SQLite's busy handler.
+
+    SQLite admits one write transaction at a time; the others wait in `BEGIN IMMEDIATE`, which sleeps and
+    retries (1, 2, 5, ... then 100 ms steps) in the connection's thread. Under a steady stream of writes
+    (ingestion) the lock then sat free for most of those sleeps. Here the next writer of this process
+    starts as soon as the last one's connection is back in the pool. Writers of other processes (a
+    dedicated worker) still meet at SQLite's lock, as before.
+    """
+
+    def __init__(self) -> None:
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def acquire(self) -> None:
+        """Wait for the turn (from SQLAlchemy's greenlet, on the event loop's thread)."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:
+            self._lock, self._loop = asyncio.Lock(), loop
+        await_(self._lock.acquire())
+
+    def release(self) -> None:
+        lock, loop = self._lock, self._loop
+        if lock is None or loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == getattr(loop, "_thread_id", None):
+            lock.release()
+        else:  # a connection finalised by the garbage collector in another thread
+            loop.call_soon_threadsafe(lock.release)
+
+
+def _configure_sqlite(engine: AsyncEngine, turns: WriteTurns) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "connect")
@@ -38,7 +77,11 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        statement = "BEGIN IMMEDIATE" if conn.get_execution_options().get(SQLITE_WRITE_INTENT) else "BEGIN"
+        write = bool(conn.get_execution_options().get(SQLITE_WRITE_INTENT))
+        statement = "BEGIN IMMEDIATE" if write else "BEGIN"
+        if write:
+            turns.acquire()
+            conn.info[_HOLDS_WRITE_TURN] = True
         # Straight to aiosqlite, one hop to its thread: every request begins a transaction, and the same
         # statement through exec_driver_sql took three hops (cursor, execute, close) and SQLAlchemy's whole
         # execution path. sqlite3's errors (a busy timeout) are wrapped as SQLAlchemy's would have been.
@@ -48,6 +91,12 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             )
         except sqlite3.Error as exc:
             raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+
+    @event.listens_for(sync_engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # Back in the pool (after commit or rollback, or invalidated): the next writer's turn.
+        if record.info.pop(_HOLDS_WRITE_TURN, False):
+            turns.release()
 
     @event.listens_for(sync_engine, "reset")
     def _on_reset(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
@@ -74,7 +123,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             # read `in_transaction` (a flag) from the event loop's thread instead of making a hop to ask.
             connect_args={"check_same_thread": False},
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, WriteTurns())
         return engine
     return create_async_engine(
         url,
@@ -85,18 +134,34 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
-class _Compiled:
-    """A statement compiled for one dialect, with the result conversions of its column types."""
+Statement = Select[Any] | CompoundSelect[Any] | UpdateBase
 
-    def __init__(self, statement: Select[Any] | CompoundSelect[Any], dialect: Dialect) -> None:
+
+class _Compiled:
+    """A statement compiled for one dialect, with the conversions of its column types: of the parameters
+    into what the driver takes (datetimes, booleans and JSON on SQLite), and of result rows back."""
+
+    def __init__(self, statement: Statement, dialect: Dialect) -> None:
         self.compiled = statement.compile(dialect=dialect)
         self.sql = str(self.compiled)
         self.names = list(self.compiled.positiontup or ())
+        self.binders: list[tuple[int, Callable[[Any], Any]]] = []
+        for index, name in enumerate(self.names):
+            binder = self.compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if binder is not None:
+                self.binders.append((index, binder))
         self.converters: list[tuple[int, Callable[[Any], Any]]] = []
-        for index, column in enumerate(statement.selected_columns):
+        for index, column in enumerate(getattr(statement, "selected_columns", ())):
             converter = column.type.dialect_impl(dialect).result_processor(dialect, None)
             if converter is not None:
                 self.converters.append((index, converter))
+
+    def parameters(self, params: dict[str, Any]) -> list[Any]:
+        values = self.compiled.construct_params(params)
+        positional = [values[name] for name in self.names]
+        for index, binder in self.binders:
+            positional[index] = binder(positional[index])
+        return positional
 
     def convert(self, row: Sequence[Any]) -> list[Any]:
         values = list(row)
@@ -105,35 +170,107 @@ class _Compiled:
         return values
 
 
-class DriverQuery:
+class _DriverStatement:
+    def __init__(self, statement: Statement) -> None:
+        self.statement = statement
+        self._compiled: dict[str, _Compiled] = {}
+
+    def _compile(self, dialect: Dialect) -> _Compiled:
+        compiled = self._compiled.get(dialect.name)
+        if compiled is None:
+            compiled = self._compiled[dialect.name] = _Compiled(self.statement, dialect)
+        return compiled
+
+
+async def _driver(connection: AsyncConnection) -> Any:
+    driver = (await connection.get_raw_connection()).driver_connection
+    if driver is None:
+        raise InvalidRequestError("The connection was invalidated earlier in this transaction.")
+    return driver
+
+
+class DriverQuery(_DriverStatement):
     """A Core SELECT run on the driver's own connection (aiosqlite or asyncpg) in the caller's transaction.
 
     For the statement every request runs (authentication): SQLAlchemy's execution path costs more than the
     query, and on SQLite its cursor takes four hops to aiosqlite's thread (cursor, execute, fetch, close)
     where the driver's `execute_fetchall` takes one. SQLAlchemy still compiles the statement, once per
-    dialect, and its column types still convert results (booleans and datetimes on SQLite). Parameters go
-    to the driver as given, so they must be values both drivers take natively (integers, strings).
+    dialect, and its column types still convert parameters and results (booleans and datetimes on SQLite).
     """
 
     def __init__(self, statement: Select[Any] | CompoundSelect[Any]) -> None:
-        self.statement = statement
-        self._compiled: dict[str, _Compiled] = {}
+        super().__init__(statement)
 
-    async def all(self, connection: AsyncConnection, **params: int | str) -> list[list[Any]]:
-        dialect = connection.dialect
-        compiled = self._compiled.get(dialect.name)
-        if compiled is None:
-            compiled = self._compiled[dialect.name] = _Compiled(self.statement, dialect)
-        values = compiled.compiled.construct_params(params)
-        positional = [values[name] for name in compiled.names]
-        driver = (await connection.get_raw_connection()).driver_connection
-        if driver is None:
-            raise InvalidRequestError("The connection was invalidated earlier in this transaction.")
-        if dialect.name == "sqlite":
+    async def all(self, connection: AsyncConnection, **params: Any) -> list[list[Any]]:
+        compiled = self._compile(connection.dialect)
+        positional = compiled.parameters(params)
+        driver = await _driver(connection)
+        if connection.dialect.name == "sqlite":
             rows = await driver.execute_fetchall(compiled.sql, positional)
         else:
             rows = await driver.fetch(compiled.sql, *positional)
         return [compiled.convert(row) for row in rows]
+
+
+class DriverWrite(_DriverStatement):
+    """A Core INSERT, UPDATE or DELETE without RETURNING, run in the caller's transaction.
+
+    On SQLite it goes straight to aiosqlite, one hop to its thread where SQLAlchemy's cursor takes three
+    (cursor, execute, close); SQLite's transaction is the one `BEGIN` opened on that connection. On
+    PostgreSQL it goes through SQLAlchemy Core, which begins asyncpg's transaction (lazily, on the first
+    statement SQLAlchemy itself runs) and costs no thread hop there.
+    """
+
+    async def run(self, connection: AsyncConnection, **params: Any) -> None:
+        if connection.dialect.name != "sqlite":
+            await connection.execute(self.statement, params)
+            return
+        compiled = self._compile(connection.dialect)
+        await (await _driver(connection)).execute_fetchall(compiled.sql, compiled.parameters(params))
+
+    async def run_many(self, connection: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+        """The statement once per row of parameters (an executemany: one hop on SQLite)."""
+        if not rows:
+            return
+        if connection.dialect.name != "sqlite":
+            await connection.execute(self.statement, list(rows))
+            return
+        compiled = self._compile(connection.dialect)
+        # The cursor holds no open statement once executemany returns; it needs no closing hop.
+        await (await _driver(connection)).executemany(compiled.sql, [compiled.parameters(r) for r in rows])
+
+
+Write = tuple[DriverWrite, Sequence[dict[str, Any]]]
+
+
+async def run_writes(connection: AsyncConnection, writes: Sequence[Write]) -> None:
+    """Several `DriverWrite`s in order, each once per row of parameters; on SQLite all in one hop.
+
+    For a request's whole write (ingestion's `POST /sources`): every hop to aiosqlite's thread wakes that
+    thread and waits for the event loop to be told, which under load costs more than the statements.
+    """
+    dialect = connection.dialect
+    driver = await _driver(connection) if dialect.name == "sqlite" else None
+    # aiosqlite's own queue runs a plain function in its thread; without it (another driver version),
+    # one hop per statement.
+    execute = getattr(driver, "_execute", None)
+    if driver is None or execute is None:
+        for write, rows in writes:
+            await write.run_many(connection, rows)
+        return
+    batch = []
+    for write, rows in writes:
+        compiled = write._compile(dialect)
+        batch.append((compiled.sql, [compiled.parameters(row) for row in rows]))
+
+    def apply(sqlite: sqlite3.Connection) -> None:
+        for sql, rows in batch:
+            if len(rows) == 1:
+                sqlite.execute(sql, rows[0])
+            elif rows:
+                sqlite.executemany(sql, rows)
+
+    await execute(lambda: apply(driver._conn))
 
 
 class Database:

@@ -235,7 +235,12 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     # AUTOINCREMENT: SQLite would otherwise hand a deleted job's id to the next job.
-    __table_args__ = (Index("ix_jobs_state_run_after", "state", "run_after"), {"sqlite_autoincrement": True})
+    __table_args__ = (
+        Index("ix_jobs_state_run_after", "state", "run_after"),
+        # A claim reads only the runnable jobs of its own kind (migration 0006).
+        Index("ix_jobs_kind_state_run_after", "kind", "state", "run_after"),
+        {"sqlite_autoincrement": True},
+    )
 
 
 class Scenario(Base):

@@ -6,10 +6,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from privategpt.models import AuditEvent
+from privategpt.db import DriverWrite, Write
+from privategpt.models import AuditEvent, utcnow
 
 SECRET_FIELDS = frozenset({"password", "ftpPassword", "token"})
 
@@ -37,19 +38,48 @@ async def record(
     actor_email: str | None = None,
 ) -> None:
     """Add an audit event to the current unit of work."""
-    session.add(
-        AuditEvent(
-            actor_id=actor.id if actor else None,
-            actor_email=actor.email if actor else actor_email,
-            action=action,
-            target_type=target_type,
-            target=target,
-            fields=sorted(set(fields)),
-            client=client,
-            succeeded=succeeded,
-        )
-    )
+    session.add(AuditEvent(**_event(actor, actor_email, action, target_type, target, fields, client, succeeded)))
     await session.flush()
+
+
+def _event(
+    actor: Actor | None,
+    actor_email: str | None,
+    action: str,
+    target_type: str | None,
+    target: str | None,
+    fields: Iterable[str],
+    client: str | None,
+    succeeded: bool,
+) -> dict[str, object]:
+    return {
+        "actor_id": actor.id if actor else None,
+        "actor_email": actor.email if actor else actor_email,
+        "action": action,
+        "target_type": target_type,
+        "target": target,
+        "fields": sorted(set(fields)),
+        "client": client,
+        "succeeded": succeeded,
+    }
+
+
+_EVENT_COLUMNS = ("at", "actor_id", "actor_email", "action", "target_type", "target", "fields", "client", "succeeded")
+_INSERT_EVENT = DriverWrite(insert(AuditEvent).values({c: bindparam(c) for c in _EVENT_COLUMNS}))
+
+
+def event_write(
+    *,
+    actor: Actor,
+    action: str,
+    target_type: str,
+    target: str,
+    fields: Iterable[str],
+    client: str | None,
+) -> Write:
+    """`record` as a Core insert for `db.run_writes`, on a hot path that writes without the ORM."""
+    event = _event(actor, None, action, target_type, target, fields, client, True)
+    return _INSERT_EVENT, [{"at": utcnow(), **event}]
 
 
 @dataclass(frozen=True)

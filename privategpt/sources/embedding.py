@@ -106,8 +106,7 @@ async def _set_embedding_state(session: AsyncSession, source_ids: Sequence[str],
 async def queue_embedding(session: AsyncSession, source_ids: Sequence[str], wake: Callable[[], None] | None) -> None:
     """Mark freshly indexed sources `pending` and queue their `embed` jobs (in the caller's transaction)."""
     await _set_embedding_state(session, source_ids, PENDING)
-    for source_id in source_ids:
-        await queue.enqueue(session, queue.EMBED, source_id, wake=wake)
+    await queue.enqueue_many(session, queue.EMBED, source_ids, wake=wake)
 
 
 async def start_dense_retrieval(database: Database, settings: Settings) -> DenseIndex | None:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from privategpt import access
 from privategpt.auth.dependencies import READ_ONLY, Context, CurrentPrincipal, DbSession, DocumentsEditor
-from privategpt.context import client_address
+from privategpt.context import client_address, get_context
 from privategpt.errors import envelope
 from privategpt.rag.hybrid import retrieve
 from privategpt.schemas import Envelope
@@ -36,8 +36,11 @@ from privategpt.sources.schemas import (
 router = APIRouter(tags=["sources"])
 
 
-def _worker_wake(request: Request) -> Callable[[], None] | None:
-    """The embedded worker's wake-up, if this process runs one (dedicated workers poll instead)."""
+async def _worker_wake(request: Request) -> Callable[[], None] | None:
+    """The embedded worker's wake-up, if this process runs one (dedicated workers poll instead).
+
+    A coroutine, as every dependency on the ingestion path: FastAPI runs a plain function in its thread
+    pool, a thread hop per request."""
     worker = getattr(request.app.state, "worker", None)
     return worker.wake if worker is not None else None
 
@@ -47,10 +50,12 @@ Wake = Annotated[Callable[[], None] | None, Depends(_worker_wake)]
 
 @router.post("/sources", response_model=Envelope[SourceCreated], summary="Create a source; ingestion runs after")
 async def create_source(
-    body: SourceCreate, request: Request, session: DbSession, ctx: Context, caller: DocumentsEditor, wake: Wake
+    body: SourceCreate, request: Request, session: DbSession, caller: DocumentsEditor, wake: Wake
 ) -> dict[str, object]:
+    # The context without the `Context` dependency, a plain function FastAPI would run in its thread pool.
+    settings = get_context(request).settings
     source = await service.create_source(
-        session, ctx.settings, body, caller=caller, client=client_address(request), wake=wake
+        session, settings, body, caller=caller, client=client_address(request), wake=wake
     )
     return envelope({"documentId": source.id, "sourceId": source.id, "state": source.state})
 

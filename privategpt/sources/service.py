@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy import ColumnElement, bindparam, exists, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from privategpt import access
 from privategpt.audit import service as audit
 from privategpt.auth.principal import Principal
 from privategpt.config import Settings
+from privategpt.db import DriverWrite, run_writes
 from privategpt.errors import Forbidden, NotFound, ValidationFailed
 from privategpt.groups.service import groups_by_names, name_key
 from privategpt.models import Group, Source, SourceGroup, new_uuid, utcnow
@@ -67,39 +68,72 @@ def _check_writable(caller: Principal, group_ids: Sequence[int]) -> None:
     access.check_source_groups_writable(caller, group_ids, is_public=not group_ids)
 
 
+@dataclass(frozen=True)
+class CreatedSource:
+    id: str
+    state: str
+
+
+_SOURCE_COLUMNS = ("id", "name", "content", "is_public", "creator_id", "state", "created_at", "updated_at")
+_INSERT_SOURCE = DriverWrite(insert(Source).values({c: bindparam(c) for c in _SOURCE_COLUMNS}))
+_INSERT_LINK = DriverWrite(
+    insert(SourceGroup).values(source_id=bindparam("source_id"), group_id=bindparam("group_id"))
+)
+
+
+def _own_group_ids(caller: Principal, names: Sequence[str]) -> list[int] | None:
+    """The ids of the named groups if the caller is a member of each, else None (resolve them in the database)."""
+    own = {group.name_key: group.id for group in caller.user.groups}
+    ids = [own.get(name_key(name)) for name in names]
+    return None if None in ids else list(dict.fromkeys(i for i in ids if i is not None))
+
+
 async def create_source(
     session: AsyncSession, settings: Settings, body: SourceCreate, *, caller: Principal, client: str, wake: Wake | None
-) -> Source:
-    """Store a source in state `processing` and queue its ingestion."""
+) -> CreatedSource:
+    """Store a source in state `processing` and queue its ingestion.
+
+    The hot path of ingestion, so written with Core statements on the unit of work's connection: the
+    source, its group links, its job and the audit event, all in one hop to SQLite's thread.
+    """
     _check_content(settings, body.content)
-    groups = await groups_by_names(session, body.groups)
-    _check_writable(caller, [g.id for g in groups])
-    now = utcnow()
-    source = Source(
-        id=new_uuid(),
-        name=body.name,
-        content=body.content,
-        is_public=not groups,
-        creator_id=caller.user.id,
-        state="processing",
-        group_links=[SourceGroup(group_id=g.id) for g in groups],
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(source)
-    # The job row references the source: without a relationship between them the flush must order them.
-    await session.flush()
-    await queue.enqueue(session, queue.INGEST, source.id, wake=wake, supersede=False)
-    await audit.record(
-        session,
+    connection = await session.connection()
+    # The caller's own groups came with their token, in this transaction. SQLite serialises writers, so
+    # none can be deleted meanwhile; PostgreSQL locks them FOR SHARE in groups_by_names (see there).
+    group_ids = _own_group_ids(caller, body.groups) if connection.dialect.name == "sqlite" else None
+    if group_ids is None:
+        group_ids = [g.id for g in await groups_by_names(session, body.groups)]
+    _check_writable(caller, group_ids)
+    source_id, now = new_uuid(), utcnow()
+    source = {
+        "id": source_id,
+        "name": body.name,
+        "content": body.content,
+        "is_public": not group_ids,
+        "creator_id": caller.user.id,
+        "state": "processing",
+        "created_at": now,
+        "updated_at": now,
+    }
+    audit_event = audit.event_write(
         actor=caller.user,
         action="source.create",
         target_type="source",
-        target=source.id,
+        target=source_id,
         fields=["name", "groups", "content"],
         client=client,
     )
-    return source
+    await run_writes(
+        connection,
+        [
+            (_INSERT_SOURCE, [source]),
+            (_INSERT_LINK, [{"source_id": source_id, "group_id": gid} for gid in group_ids]),
+            (queue.INSERT_JOB, queue.job_rows(queue.INGEST, [source_id])),
+            audit_event,
+        ],
+    )
+    queue.wake_after_commit(session, wake)
+    return CreatedSource(id=source_id, state="processing")
 
 
 async def get_visible(session: AsyncSession, caller: Principal, source_id: str, *, lock: bool = False) -> Source:

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, event, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, event, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from privategpt.db import Database
+from privategpt.db import Database, DriverWrite
 from privategpt.models import Job, utcnow
 
 INGEST = "ingest"
@@ -70,6 +70,19 @@ def wake_after_commit(session: AsyncSession, wake: Callable[[], None] | None) ->
     event.listen(session.sync_session, "after_commit", _after_commit, once=True)
 
 
+# A queued job; its parameters come from `job_rows`.
+INSERT_JOB = DriverWrite(
+    insert(Job).values(
+        kind=bindparam("kind"),
+        source_id=bindparam("source_id"),
+        state="queued",
+        attempts=0,
+        run_after=bindparam("now"),
+        created_at=bindparam("now"),
+    )
+)
+
+
 async def enqueue(
     session: AsyncSession, kind: str, source_id: str, *, wake: Callable[[], None] | None, supersede: bool = True
 ) -> None:
@@ -79,10 +92,33 @@ async def enqueue(
     in its final transaction and writes nothing, so stale content is never indexed last. A source created
     in this very transaction has no earlier job (`supersede=False` saves the statement).
     """
+    await enqueue_many(session, kind, [source_id], wake=wake, supersede=supersede)
+
+
+async def enqueue_many(
+    session: AsyncSession,
+    kind: str,
+    source_ids: Sequence[str],
+    *,
+    wake: Callable[[], None] | None,
+    supersede: bool = True,
+) -> None:
+    """`enqueue` for several sources: one statement to supersede them, one to insert the jobs."""
+    if not source_ids:
+        return
+    # The sources may still be pending in the session; the job rows reference them.
+    await session.flush()
+    connection = await session.connection()
     if supersede:
-        await session.execute(delete(Job).where(Job.source_id == source_id, Job.kind == kind))
-    session.add(Job(kind=kind, source_id=source_id, state="queued", attempts=0, run_after=utcnow()))
+        await connection.execute(delete(Job).where(Job.source_id.in_(list(source_ids)), Job.kind == kind))
+    await INSERT_JOB.run_many(connection, job_rows(kind, source_ids))
     wake_after_commit(session, wake)
+
+
+def job_rows(kind: str, source_ids: Sequence[str]) -> list[dict[str, object]]:
+    """Parameters of `INSERT_JOB` for new jobs of these sources (for `db.run_writes`)."""
+    now = utcnow()
+    return [{"kind": kind, "source_id": source_id, "now": now} for source_id in source_ids]
 
 
 async def claim(database: Database, worker_id: str, *, kind: str, limit: int, lease_seconds: float) -> list[ClaimedJob]:
@@ -106,35 +142,45 @@ async def claim(database: Database, worker_id: str, *, kind: str, limit: int, le
             return []
     claim_token = f"{worker_id}/{uuid.uuid4().hex[:8]}"
     async with database.session(write=True) as session:
-        jobs = list(
+        ids = list(
             await session.scalars(
-                select(Job)
+                select(Job.id)
                 .where(runnable, Job.attempts > 0)
                 .order_by(Job.id)
                 .limit(1)
                 .with_for_update(skip_locked=True)
             )
         )
-        if not jobs:
-            jobs = list(
+        if not ids:
+            ids = list(
                 await session.scalars(
-                    select(Job)
+                    select(Job.id)
                     .where(runnable, Job.attempts == 0)
                     .order_by(Job.id)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
                 )
             )
-        for job in jobs:
-            job.state = "running"
-            job.locked_by = claim_token
-            job.locked_until = now + timedelta(seconds=lease_seconds)
-            job.attempts += 1
-        await session.flush()
-        return [
-            ClaimedJob(id=j.id, kind=j.kind, source_id=j.source_id, attempts=j.attempts, claim=claim_token)
-            for j in jobs
+        if not ids:
+            return []
+        # One statement for the whole batch, rows back with their new attempt counts (Core: no ORM objects).
+        rows = await session.execute(
+            update(Job)
+            .where(Job.id.in_(ids))
+            .values(
+                state="running",
+                locked_by=claim_token,
+                locked_until=now + timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1,
+            )
+            .returning(Job.id, Job.kind, Job.source_id, Job.attempts)
+            .execution_options(synchronize_session=False)
+        )
+        claimed = [
+            ClaimedJob(id=job_id, kind=job_kind, source_id=source_id, attempts=attempts, claim=claim_token)
+            for job_id, job_kind, source_id, attempts in rows
         ]
+        return sorted(claimed, key=lambda job: job.id)
 
 
 async def heartbeat(database: Database, worker_id: str, job_ids: Sequence[int], *, lease_seconds: float) -> set[int]:

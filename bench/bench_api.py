@@ -46,8 +46,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(database: str, workdir: Path, workers: int, code: Path | None = None) -> Iterator[str]:
-    """A `privategpt serve` process; `code`: the checkout to serve (default: the installed package)."""
+def server(
+    database: str, workdir: Path, workers: int, code: Path | None = None, settings: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A `privategpt serve` process; `code`: the checkout to serve (default: the installed package);
+    `settings`: PGPT_* variables for it (those of this environment are never passed on)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PGPT_")}
     if code is not None:
         env["PYTHONPATH"] = str(code)
@@ -57,6 +60,7 @@ def server(database: str, workdir: Path, workers: int, code: Path | None = None)
         PGPT_ADMIN_PASSWORD=ADMIN_PASSWORD,
         PGPT_LOG_LEVEL="warning",
     )
+    env.update(settings or {})
     pg = None
     if database == "postgresql":
         import pgserver

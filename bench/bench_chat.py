@@ -34,6 +34,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -61,7 +62,6 @@ from privategpt.config import to_async_url  # noqa: E402
 from privategpt.embeddings.local import DIMENSION, MODEL_NAME  # noqa: E402
 from privategpt.rag import index_prepared_many, prepare_source  # noqa: E402
 from privategpt.rag.vectors import _hnsw_index_name, activate_model, register_model, write_vectors  # noqa: E402
-from tests.fixtures.servers import free_port  # noqa: E402
 
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
 ADMIN_EMAIL = "bench-admin@example.com"
@@ -79,6 +79,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # -- servers --------------------------------------------------------------------------------------
+
+
+def _unused_port() -> int:
+    """A loopback port nobody listens on, from the kernel's ephemeral range: test suites running beside the
+    benchmark take theirs from fixed slices (tests/fixtures/servers.py), and one of them took a port the
+    benchmark's server was about to bind."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @contextmanager
@@ -157,8 +167,9 @@ def serve(url: str, workdir: Path, llm_url: str, embedding: str = "local", worke
         PGPT_ARGON2_MEMORY_KIB="1024",
         PGPT_ARGON2_PARALLELISM="1",
     )
-    port = free_port()
-    log = open(workdir / "server.log", "ab")  # noqa: SIM115 (closed with the server)
+    port = _unused_port()
+    log_path = workdir / "server.log"
+    log = open(log_path, "ab")  # noqa: SIM115 (closed with the server)
     process = subprocess.Popen(
         [sys.executable, "-m", "privategpt.cli", "serve", "--port", str(port)],
         env=env,
@@ -170,12 +181,16 @@ def serve(url: str, workdir: Path, llm_url: str, embedding: str = "local", worke
         deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(base + "/health").status_code == 200:
-                    break
+                # Ours once it has printed its address (after migrating) and stays up: another server that
+                # held the port would answer /health while this one fails to bind and exits.
+                if f":{port}/api/v1" in log_path.read_text() and httpx.get(base + "/health").status_code == 200:
+                    time.sleep(1)
+                    if process.poll() is None:
+                        break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("server did not start")
+                raise RuntimeError(f"server did not start (see {log_path})")
             time.sleep(0.2)
         yield Server(base + "/api/v1", process.pid)
     finally:

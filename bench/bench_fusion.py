@@ -20,10 +20,12 @@ from privategpt.rag.evaluation import EvalResult, evaluate_modes, results_table
 from privategpt.rag.hybrid import Fusion
 
 FUSIONS = (
-    Fusion("minmax", 0.5),
+    Fusion("distribution", 0.4),
+    Fusion("distribution", 0.3),
+    Fusion("distribution", 0.5),
     Fusion("minmax", 0.3),
-    Fusion("minmax", 0.7),
-    Fusion("bm25max", 0.5),
+    Fusion("minmax", 0.4),
+    Fusion("minmax", 0.5),
     Fusion("bm25max", 0.4),
     Fusion("rrf", 0.5, 60),
     Fusion("rrf", 0.5, 10),

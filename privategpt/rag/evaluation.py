@@ -34,7 +34,15 @@ from privategpt.embeddings.base import Embedder, Vectors
 from privategpt.rag import vectors
 from privategpt.rag.chunking import ChunkingOptions
 from privategpt.rag.embedding_cache import EmbeddingCache
-from privategpt.rag.hybrid import DEFAULT_FUSION, DenseIndex, Fusion, RetrievalMode, chunk_embedding_text, retrieve
+from privategpt.rag.hybrid import (
+    CANDIDATES,
+    DEFAULT_FUSION,
+    DenseIndex,
+    Fusion,
+    RetrievalMode,
+    chunk_embedding_text,
+    retrieve,
+)
 from privategpt.rag.retrieval import (
     DEFAULT_PARAMS,
     Bm25Params,
@@ -52,8 +60,12 @@ EvalMode = Literal["sparse", "dense", "hybrid", "hybrid-rerank"]
 EVAL_MODES: tuple[EvalMode, ...] = ("sparse", "dense", "hybrid", "hybrid-rerank")
 
 PUBLIC = RetrievalScope(group_ids=frozenset(), include_public=True)
-# Chunks retrieved per query: enough to rank 100 distinct documents for Recall@100.
+# Chunks retrieved per query for Recall@100: enough to rank 100 distinct documents.
 _CHUNKS_PER_QUERY = 300
+# Chunks retrieved per query for nDCG@10: the candidate depth of a chat or a search asking for up to
+# `CANDIDATES` chunks, so that the ranking measured is the one they get (hybrid fusion normalises over
+# the candidate lists, whose depth is max(k, CANDIDATES)).
+_RANKED_PER_QUERY = CANDIDATES
 _WRITE_BATCH = 500
 
 
@@ -302,16 +314,21 @@ async def evaluate_modes(
             started = time.perf_counter()
             async with engine.connect() as conn:
                 for query_id in judged_queries:
-                    hits = await retrieve(
-                        conn, dataset.queries[query_id], PUBLIC, _CHUNKS_PER_QUERY, 0.0,
-                        "hybrid" if mode == "hybrid-rerank" else mode, dense=dense,
-                        query_vector=query_vectors.get(query_id),
-                        reranker=reranker if mode == "hybrid-rerank" else None, language=language, params=params,
-                        fusion=fusion,
-                    )  # fmt: skip
-                    ranked = list(dict.fromkeys(doc_of_source[h.source_id] for h in hits))
-                    ndcg[query_id] = ndcg_at(ranked, dataset.qrels[query_id])
-                    recall[query_id] = recall_at(ranked, dataset.qrels[query_id])
+                    for depth in (_RANKED_PER_QUERY, _CHUNKS_PER_QUERY):
+                        # The reranker only reorders the first RERANK_CANDIDATES chunks, which leaves the
+                        # set of the first 100 documents as it is: the deeper call for recall goes without.
+                        rerank = mode == "hybrid-rerank" and depth == _RANKED_PER_QUERY
+                        hits = await retrieve(
+                            conn, dataset.queries[query_id], PUBLIC, depth, 0.0,
+                            "hybrid" if mode == "hybrid-rerank" else mode, dense=dense,
+                            query_vector=query_vectors.get(query_id), reranker=reranker if rerank else None,
+                            language=language, params=params, fusion=fusion,
+                        )  # fmt: skip
+                        ranked = list(dict.fromkeys(doc_of_source[h.source_id] for h in hits))
+                        if depth == _RANKED_PER_QUERY:
+                            ndcg[query_id] = ndcg_at(ranked, dataset.qrels[query_id])
+                        else:
+                            recall[query_id] = recall_at(ranked, dataset.qrels[query_id])
             query_seconds = time.perf_counter() - started
             n = max(1, len(judged_queries))
             label = mode if len(fusions) == 1 or not mode.startswith("hybrid") else f"{mode} {_describe(fusion)}"

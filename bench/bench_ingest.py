@@ -187,6 +187,9 @@ def main() -> int:
     parser.add_argument(
         "--httpx-posts", action="store_true", help="post through httpx (as before 2026-11-23 09:00), not `Poster`"
     )
+    parser.add_argument(
+        "--code", type=Path, default=None, help="serve this checkout instead (e.g. a `git worktree` of an older commit)"
+    )
     args = parser.parse_args()
     documents = load_corpus(args.dataset, args.limit)
     settings = {} if args.embedding == "default" else {"PGPT_EMBEDDING_BACKEND": args.embedding}
@@ -201,7 +204,7 @@ def main() -> int:
     for database in args.databases.split(","):
         with (
             tempfile.TemporaryDirectory(prefix="pgpt-ingest-") as tmp,
-            server(database, Path(tmp), 1, settings=settings) as base,
+            server(database, Path(tmp), 1, code=args.code, settings=settings) as base,
         ):
             r = asyncio.run(run(base, documents, args.clients, args.httpx_posts))
         load = " / ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -76,9 +76,7 @@ class CreatedSource:
 
 _SOURCE_COLUMNS = ("id", "name", "content", "is_public", "creator_id", "state", "created_at", "updated_at")
 _INSERT_SOURCE = DriverWrite(insert(Source).values({c: bindparam(c) for c in _SOURCE_COLUMNS}))
-_INSERT_LINK = DriverWrite(
-    insert(SourceGroup).values(source_id=bindparam("source_id"), group_id=bindparam("group_id"))
-)
+_INSERT_LINK = DriverWrite(insert(SourceGroup).values(source_id=bindparam("source_id"), group_id=bindparam("group_id")))
 
 
 def _own_group_ids(caller: Principal, names: Sequence[str]) -> list[int] | None:

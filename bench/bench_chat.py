@@ -406,9 +406,13 @@ async def _add_vectors(engine: AsyncEngine) -> None:
 
 
 def _stop_pg(workdir: Path) -> None:
-    import pgserver
+    """Stop the benchmark's PostgreSQL (its data stays for the next run). pgserver's `cleanup()` does not
+    stop a server got with cleanup_mode=None, and every run used to leave one running."""
+    from pgserver.postgres_server import pg_ctl
 
-    pgserver.get_server(str(workdir / "pg"), cleanup_mode=None).cleanup()
+    pgdata = workdir / "pg"
+    if (pgdata / "postmaster.pid").exists():
+        pg_ctl(["-w", "stop", "-m", "fast"], pgdata=pgdata, user="pgserver" if os.geteuid() == 0 else None)
 
 
 def prepared_database(database: str, workdir: Path, n_chunks: int, llm_url: str, *, rebuild: bool) -> str:

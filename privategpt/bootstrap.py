@@ -9,6 +9,7 @@ import sys
 from sqlalchemy.exc import IntegrityError
 
 from privategpt.context import AppContext
+from privategpt.errors import Conflict
 from privategpt.schemas import ROLES
 from privategpt.users import service as users
 from privategpt.users.schemas import UserCreate
@@ -45,8 +46,10 @@ async def ensure_admin(context: AppContext) -> None:
                 data,
                 caller=None,
             )
-    except IntegrityError:
-        return  # another server process created it at the same moment
+    except (IntegrityError, Conflict):
+        # Another server process (`serve --workers N` starts N at once) created it at the same moment; its
+        # password, generated or not, is the one that counts, so this one is not shown.
+        return
     if generated:
         # Printed once, straight to the terminal and not to the logs; it is never shown again.
         print(

@@ -6,10 +6,15 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from privategpt.db import SQLITE_WRITE_INTENT
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# PostgreSQL advisory lock key of schema upgrades (any constant unique to this application).
+MIGRATION_LOCK_KEY = 0x5067707431  # "Pgpt1"
 
 
 def alembic_config() -> Config:
@@ -27,8 +32,16 @@ async def upgrade_database(engine: AsyncEngine, revision: str = "head") -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    # Several server processes start at once (`serve --workers N`, dedicated workers): one migrates while
+    # the others wait, then find nothing left to do. PostgreSQL: a lock held until the transaction ends;
+    # SQLite: the write lock taken at BEGIN (a deferred BEGIN lets two read the version, then fails one).
+    async with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn = await conn.execution_options(**{SQLITE_WRITE_INTENT: True})
+        async with conn.begin():
+            if engine.dialect.name == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            await conn.run_sync(_upgrade)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -36,7 +36,8 @@ def test_two_processes_starting_together_migrate_once_and_create_one_admin(
     settings = make_settings(admin_password=None) if generated_password else make_settings()
 
     async def race() -> tuple[list[str], str | None]:
-        databases = await asyncio.gather(start_up(settings), start_up(settings))
+        # Bounded: the race used to end in a deadlock on PostgreSQL (two migrations waiting on each other).
+        databases = await asyncio.wait_for(asyncio.gather(start_up(settings), start_up(settings)), timeout=120)
         try:
             async with databases[0].engine.connect() as conn:
                 emails = list((await conn.execute(text("SELECT email FROM users"))).scalars())

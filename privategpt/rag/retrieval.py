@@ -35,6 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from privategpt.rag.analyzer import get_analyzer, normalize_language, query_terms
 from privategpt.rag.chunking import ChunkingOptions, chunk_markdown, index_text
 from privategpt.rag.languages import assign_languages, ready_for
+from privategpt.rag.sparse_index import RECORDS, QueryTerm
+from privategpt.rag.sparse_index import search as search_memory
 from privategpt.rag.store import (
     RECORD_SIZE,
     Candidate,
@@ -76,6 +78,10 @@ class Bm25Params:
     min_impact_postings_per_term: int = 200
     rescore_pool: int = 300
     pool_per_k: int = 4
+    # Large scopes: score every chunk matching a query term from this process's in-memory postings
+    # (`privategpt.rag.sparse_index`, exact), checking the best ones' sources for visibility in SQL.
+    # False (or a database without the chunk log): the SQL plans below.
+    memory_postings: bool = True
     # False: large scopes use the access-filtered walk alone (the earlier plan, for comparisons).
     impact_walk: bool = True
     # Large scopes, fallback when that pool held fewer than k visible chunks: candidate postings read
@@ -200,8 +206,6 @@ _WEIGHT_SCALE = 1000
 # the walk must not grow without bound on a corpus of many small sources.
 _MIN_SHARE = 0.05
 
-_RECORDS = np.dtype([("term", ">u4"), ("tf", ">u2")])
-
 
 def _score(
     terms: Sequence[_QueryTerm], candidates: Sequence[Candidate], stats: CorpusStats, params: Bm25Params
@@ -220,7 +224,7 @@ def _score(
     lengths = np.fromiter((v[0] for v in unique.values()), dtype=np.float64, count=len(unique))
     vectors = [v[1] for v in unique.values()]
     # All candidates' term vectors in one array, each record tagged with its candidate's position.
-    records = np.frombuffer(b"".join(vectors), dtype=_RECORDS)
+    records = np.frombuffer(b"".join(vectors), dtype=RECORDS)
     owner = np.repeat(np.arange(len(vectors)), [len(v) // RECORD_SIZE for v in vectors])
     record_terms = records["term"].astype(np.uint32)
     record_tfs = records["tf"].astype(np.float64)
@@ -345,8 +349,22 @@ async def sparse_hits(
     ]
     max_score = sum(t.weight for t in terms) * (params.k1 + 1.0)
 
+    ids: np.ndarray | None = None
     if await _scope_size(conn, scope, params.exhaustive_scope) <= params.exhaustive_scope:
         candidates = await store.chunks_in_scope(conn, scope)
+    elif params.memory_postings and (
+        found_in_memory := await search_memory(
+            conn,
+            scope,
+            [QueryTerm(t.term_id, t.weight) for t in terms],
+            stats.avg_length,
+            k,
+            params.k1,
+            params.b,
+            await _scope_share(conn, scope),
+        )
+    ):
+        ids, scores = found_in_memory
     else:
         candidates = await _impact_pool(conn, scope, terms, k, params) if params.impact_walk else []
         if len(candidates) < k:
@@ -354,7 +372,8 @@ async def sparse_hits(
             # matches are rare): walk inside the access filter, which counts visible postings only.
             plan = _plan(terms, max(params.posting_budget, 3 * k), params.min_postings_per_term)
             candidates = await store.top_candidates(conn, scope, plan)
-    ids, scores = _score(terms, candidates, stats, params)
+    if ids is None:
+        ids, scores = _score(terms, candidates, stats, params)
 
     # Best score first, ties by chunk id, so both databases return the same order.
     order = np.lexsort((ids, -scores))[:k]

@@ -38,6 +38,7 @@ import numpy.typing as npt
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from privategpt.rag.sparse_index import visible_sources_among
 from privategpt.rag.store import PostgresStore, RetrievalScope, SqliteStore, _SqlStore
 
 __all__ = [
@@ -400,15 +401,8 @@ async def _visible_source_ids(conn: AsyncConnection, scope: RetrievalScope, limi
 
 
 async def _visible_sources_among(conn: AsyncConnection, scope: RetrievalScope, source_ids: Sequence[str]) -> set[str]:
-    """Those of these sources that are searchable in the scope (SQLite). The ids travel as one JSON array:
-    an expanded IN list of a thousand values costs SQLAlchemy milliseconds to render on every query."""
-    store = _sql_store(conn)
-    sql = (
-        f"SELECT s.id FROM sources s WHERE s.id IN (SELECT value FROM json_each(:sources)) AND {store._visible(scope)}"
-    )
-    params = store._scope_params(scope)
-    rows = await conn.execute(store._bind(sql, *params), {**params, "sources": json.dumps(list(source_ids))})
-    return {str(r[0]) for r in rows}
+    """Those of these sources that are searchable in the scope (the check BM25's in-memory postings use)."""
+    return await visible_sources_among(conn, scope, source_ids)
 
 
 def _check_query(query: npt.ArrayLike, dimension: int) -> Matrix:

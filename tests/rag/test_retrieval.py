@@ -282,3 +282,45 @@ async def test_empty_content_indexes_nothing(engine: AsyncEngine) -> None:
         source_id = await add_source(conn, "Empty", "", public=True)
         assert await index_source(conn, source_id, "Empty", "") == 0
         await _index_consistent(conn)
+
+
+# -- in-memory postings (large scopes) ------------------------------------------------------------
+
+MEMORY = Bm25Params(exhaustive_scope=0)
+EXACT = Bm25Params(exhaustive_scope=10**9)
+
+
+async def _hits(engine: AsyncEngine, query: str, params: Bm25Params) -> list[tuple[str, float]]:
+    async with engine.connect() as conn:
+        return [(h.source_id, h.score) for h in await retrieve(conn, query, PUBLIC, 10, params=params)]
+
+
+async def test_memory_postings_follow_writes_cascades_and_rollbacks(engine: AsyncEngine) -> None:
+    """Each process's in-memory postings follow the chunk log: re-indexing, deletes cascaded from the
+    source, a rolled-back transaction (whose log ids SQLite reuses) and changes inside the caller's own
+    transaction; the scores are the exhaustive plan's, to the last bit."""
+    async with engine.begin() as conn:
+        ids = []
+        for i, body in enumerate(["alpha beta", "alpha gamma gamma", "beta delta"]):
+            ids.append(await add_source(conn, f"Doc {i}", body, public=True))
+            await index_source(conn, ids[-1], f"Doc {i}", body)
+    for query in ("alpha", "beta gamma", "delta"):
+        assert await _hits(engine, query, MEMORY) == await _hits(engine, query, EXACT)
+    async with engine.begin() as conn:
+        await index_source(conn, ids[0], "Doc 0", "epsilon epsilon")
+        await conn.execute(text("DELETE FROM sources WHERE id = :s"), {"s": ids[2]})
+    assert [s for s, _ in await _hits(engine, "alpha", MEMORY)] == [ids[1]]
+    assert [s for s, _ in await _hits(engine, "epsilon", MEMORY)] == [ids[0]]
+    assert await _hits(engine, "delta", MEMORY) == []
+    # Seen inside the transaction that writes it, gone after its rollback.
+    async with engine.connect() as conn:
+        phantom = await add_source(conn, "Phantom", "zeta", public=True)
+        await index_source(conn, phantom, "Phantom", "zeta omega")
+        assert [h.source_id for h in await retrieve(conn, "zeta", PUBLIC, 5, params=MEMORY)] == [phantom]
+        await conn.rollback()
+    async with engine.begin() as conn:
+        late = await add_source(conn, "Late", "omega", public=True)
+        await index_source(conn, late, "Late", "omega theta")
+    assert await _hits(engine, "zeta", MEMORY) == []
+    for query in ("omega", "theta", "alpha epsilon", "gamma"):
+        assert await _hits(engine, query, MEMORY) == await _hits(engine, query, EXACT)

@@ -78,9 +78,10 @@ class Bm25Params:
     min_impact_postings_per_term: int = 200
     rescore_pool: int = 300
     pool_per_k: int = 4
-    # Large scopes: score every chunk matching a query term from this process's in-memory postings
-    # (`privategpt.rag.sparse_index`, exact), checking the best ones' sources for visibility in SQL.
-    # False (or a database without the chunk log): the SQL plans below.
+    # Score every chunk matching a query term from this process's in-memory postings
+    # (`privategpt.rag.sparse_index`, exact), visibility read in SQL per source (narrow scopes: their
+    # sources listed; wide ones: the best candidates' sources checked). False (or a database without
+    # the chunk log): the SQL plans below.
     memory_postings: bool = True
     # False: large scopes use the access-filtered walk alone (the earlier plan, for comparisons).
     impact_walk: bool = True
@@ -349,30 +350,23 @@ async def sparse_hits(
     ]
     max_score = sum(t.weight for t in terms) * (params.k1 + 1.0)
 
-    ids: np.ndarray | None = None
-    if await _scope_size(conn, scope, params.exhaustive_scope) <= params.exhaustive_scope:
-        candidates = await store.chunks_in_scope(conn, scope)
-    elif params.memory_postings and (
-        found_in_memory := await search_memory(
-            conn,
-            scope,
-            [QueryTerm(t.term_id, t.weight) for t in terms],
-            stats.avg_length,
-            k,
-            params.k1,
-            params.b,
-            await _scope_share(conn, scope),
-        )
-    ):
-        ids, scores = found_in_memory
+    in_memory = None
+    if params.memory_postings:
+        share = await _scope_share(conn, scope)
+        weights = [QueryTerm(t.term_id, t.weight) for t in terms]
+        in_memory = await search_memory(conn, scope, weights, stats.avg_length, k, params.k1, params.b, share)
+    if in_memory is not None:
+        ids, scores = in_memory
     else:
-        candidates = await _impact_pool(conn, scope, terms, k, params) if params.impact_walk else []
-        if len(candidates) < k:
-            # Too few of the best postings were visible (a scope much narrower than estimated, or
-            # matches are rare): walk inside the access filter, which counts visible postings only.
-            plan = _plan(terms, max(params.posting_budget, 3 * k), params.min_postings_per_term)
-            candidates = await store.top_candidates(conn, scope, plan)
-    if ids is None:
+        if await _scope_size(conn, scope, params.exhaustive_scope) <= params.exhaustive_scope:
+            candidates = await store.chunks_in_scope(conn, scope)
+        else:
+            candidates = await _impact_pool(conn, scope, terms, k, params) if params.impact_walk else []
+            if len(candidates) < k:
+                # Too few of the best postings were visible (a scope much narrower than estimated, or
+                # matches are rare): walk inside the access filter, which counts visible postings only.
+                plan = _plan(terms, max(params.posting_budget, 3 * k), params.min_postings_per_term)
+                candidates = await store.top_candidates(conn, scope, plan)
         ids, scores = _score(terms, candidates, stats, params)
 
     # Best score first, ties by chunk id, so both databases return the same order.

@@ -38,7 +38,7 @@ import numpy.typing as npt
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from privategpt.rag.sparse_index import visible_sources_among
+from privategpt.rag.sparse_index import visible_source_ids, visible_sources_among
 from privategpt.rag.store import PostgresStore, RetrievalScope, SqliteStore, _SqlStore
 
 __all__ = [
@@ -388,18 +388,6 @@ def _remember_large(conn: AsyncConnection, scope: RetrievalScope, cap: int, size
     _LARGE_SCOPES[_scope_key(conn, scope, cap)] = (now + LARGE_SCOPE_TTL_S, size)
 
 
-async def _visible_source_ids(conn: AsyncConnection, scope: RetrievalScope, limit: int) -> list[str]:
-    """Ids of up to `limit` searchable sources in scope (SQLite)."""
-    store = _sql_store(conn)
-    sql = (
-        f"WITH vs AS ({store._visible_sources(scope)}) "
-        "SELECT s.id FROM vs CROSS JOIN sources s WHERE s.id = vs.id AND s.state = 'vectorized' LIMIT :limit"
-    )
-    params = store._scope_params(scope)
-    rows = await conn.execute(store._bind(sql, *params), {**params, "limit": limit})
-    return [str(r[0]) for r in rows]
-
-
 async def _visible_sources_among(conn: AsyncConnection, scope: RetrievalScope, source_ids: Sequence[str]) -> set[str]:
     """Those of these sources that are searchable in the scope (the check BM25's in-memory postings use)."""
     return await visible_sources_among(conn, scope, source_ids)
@@ -691,7 +679,7 @@ async def _start_sqlite(
         # their sources are listed: listing 10,000 of them costs more than a whole large-scope search.
         count = math.ceil(await _sql_store(conn).visible_share(conn, scope) * index.size)
         if count <= 1.5 * limit:
-            sources = await _visible_source_ids(conn, scope, limit + 1)
+            sources = await visible_source_ids(conn, scope, limit + 1)
             with index.lock:
                 visible = np.zeros(len(index.source_names), dtype=bool)
                 visible[[key for key in map(index.source_keys.get, sources) if key is not None]] = True

@@ -71,11 +71,25 @@ async def both(
     "params",
     [
         Bm25Params(),
-        Bm25Params(exhaustive_scope=0),
-        Bm25Params(exhaustive_scope=0, impact_budget=40, min_impact_postings_per_term=5, rescore_pool=12),
-        Bm25Params(exhaustive_scope=0, impact_budget=4, min_impact_postings_per_term=1, rescore_pool=1, pool_per_k=0),
+        Bm25Params(memory_postings=False),
+        Bm25Params(exhaustive_scope=0, memory_postings=False),
+        Bm25Params(
+            exhaustive_scope=0,
+            impact_budget=40,
+            min_impact_postings_per_term=5,
+            rescore_pool=12,
+            memory_postings=False,
+        ),
+        Bm25Params(
+            exhaustive_scope=0,
+            impact_budget=4,
+            min_impact_postings_per_term=1,
+            rescore_pool=1,
+            pool_per_k=0,
+            memory_postings=False,
+        ),
     ],
-    ids=["exhaustive", "impact-walk", "tight-impact-walk", "access-walk"],
+    ids=["memory", "exhaustive", "impact-walk", "tight-impact-walk", "access-walk"],
 )
 async def test_same_results_on_both_databases(both: dict[str, AsyncEngine], params: Bm25Params) -> None:
     rng = random.Random(3)

@@ -18,19 +18,32 @@ from privategpt.rag import (
 from tests.rag.conftest import RESOURCES, add_group, add_source
 
 PUBLIC = RetrievalScope(frozenset(), include_public=True)
-# Forces the large-scope plan (impact-ordered walk) even on tiny test corpora.
-WALK = Bm25Params(exhaustive_scope=0)
+# The default: in-memory postings (exact), whatever the scope.
+# The SQL plans (a database without the chunk log): every visible chunk scored on small scopes...
+SQL = Bm25Params(memory_postings=False)
+# ... and the large-scope plan (impact-ordered walk), forced even on tiny test corpora.
+WALK = Bm25Params(exhaustive_scope=0, memory_postings=False)
 # ... with a budget so small that common terms are truncated.
 TIGHT_WALK = Bm25Params(
-    exhaustive_scope=0, impact_budget=8, min_impact_postings_per_term=2, posting_budget=8, min_postings_per_term=2
+    exhaustive_scope=0,
+    impact_budget=8,
+    min_impact_postings_per_term=2,
+    posting_budget=8,
+    min_postings_per_term=2,
+    memory_postings=False,
 )
 # ... with a pool so small that the invisible best postings crowd out the visible ones: the
 # access-filtered walk must take over.
 TIGHT_POOL = Bm25Params(
-    exhaustive_scope=0, impact_budget=4, min_impact_postings_per_term=1, rescore_pool=1, pool_per_k=0
+    exhaustive_scope=0,
+    impact_budget=4,
+    min_impact_postings_per_term=1,
+    rescore_pool=1,
+    pool_per_k=0,
+    memory_postings=False,
 )
-PLANS = [Bm25Params(), WALK, TIGHT_WALK, TIGHT_POOL]
-PLAN_IDS = ["exhaustive", "walk", "tight-walk", "tight-pool"]
+PLANS = [Bm25Params(), SQL, WALK, TIGHT_WALK, TIGHT_POOL]
+PLAN_IDS = ["memory", "exhaustive", "walk", "tight-walk", "tight-pool"]
 
 
 async def _load_golden(conn: AsyncConnection) -> dict[str, str]:
@@ -286,8 +299,8 @@ async def test_empty_content_indexes_nothing(engine: AsyncEngine) -> None:
 
 # -- in-memory postings (large scopes) ------------------------------------------------------------
 
-MEMORY = Bm25Params(exhaustive_scope=0)
-EXACT = Bm25Params(exhaustive_scope=10**9)
+MEMORY = Bm25Params()
+EXACT = Bm25Params(exhaustive_scope=10**9, memory_postings=False)
 
 
 async def _hits(engine: AsyncEngine, query: str, params: Bm25Params) -> list[tuple[str, float]]:

@@ -181,6 +181,12 @@ class _DriverStatement:
             compiled = self._compiled[dialect.name] = _Compiled(self.statement, dialect)
         return compiled
 
+    def on_driver(self, dialect: Dialect, **params: Any) -> tuple[str, list[Any]]:
+        """The SQL and its positional parameters (converted by the column types), for a caller that runs
+        the statement on the driver's connection itself (several statements in one hop to SQLite's thread)."""
+        compiled = self._compile(dialect)
+        return compiled.sql, compiled.parameters(params)
+
 
 async def _driver(connection: AsyncConnection) -> Any:
     driver = (await connection.get_raw_connection()).driver_connection

@@ -10,11 +10,12 @@ Every read that can return a chunk carries the caller's access scope inside its 
 from __future__ import annotations
 
 import json
+import sqlite3
 import struct
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +36,26 @@ RECORD_SIZE = _RECORD.size
 
 def encode_terms(pairs: Sequence[tuple[int, int]]) -> bytes:
     """Pack (term id, tf) pairs into a chunk's term vector."""
-    return b"".join(_RECORD.pack(term_id, min(tf, _MAX_TF)) for term_id, tf in sorted(pairs))
+    ordered = sorted(pairs)
+    return struct.pack(">" + "IH" * len(ordered), *[v for term_id, tf in ordered for v in (term_id, min(tf, _MAX_TF))])
+
+
+T = TypeVar("T")
+
+
+async def on_sqlite_thread(conn: AsyncConnection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """`work(connection)` on the SQLite connection itself, in aiosqlite's thread and the caller's transaction.
+
+    One hop to that thread for any number of statements, where SQLAlchemy's cursor takes three or four
+    per statement (each hop wakes the thread and waits for the event loop to be told), and the Python
+    around the statements (index rows, term vectors) runs there too, not on the event loop.
+    """
+    driver = (await conn.get_raw_connection()).driver_connection
+    # aiosqlite's own queue runs a plain function in its thread (since 0.17; private, hence checked).
+    execute, sqlite = getattr(driver, "_execute", None), getattr(driver, "_conn", None)
+    if execute is None or not isinstance(sqlite, sqlite3.Connection):
+        raise RuntimeError("this aiosqlite version offers no way to run a function in its thread")
+    return cast(T, await execute(work, sqlite))
 
 
 @dataclass(frozen=True)
@@ -166,6 +186,43 @@ def _impact(tf: int, length: int, avg_length: float, k1: float, b: float) -> int
 
 def _batches(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+# (source id, language, chunk) of every chunk to write
+ChunkItem = tuple[str, str, PreparedChunk]
+
+_UPDATE_STATS = (
+    "UPDATE rag_stats SET n_chunks = n_chunks + :n, total_length = total_length + :len "
+    "WHERE id = 1 RETURNING n_chunks, total_length"
+)
+
+
+def _flatten(items: Sequence[tuple[str, PreparedSource]]) -> list[ChunkItem]:
+    return [(source_id, c.language or prepared.language, c) for source_id, prepared in items for c in prepared.chunks]
+
+
+def _avg(stats: Sequence[Any]) -> float:
+    """The average chunk length from a (n_chunks, total_length) row."""
+    return int(stats[1]) / int(stats[0]) if stats[0] else 0.0
+
+
+def _df_increments(chunks: Sequence[ChunkItem]) -> list[tuple[str, int]]:
+    """(term, number of the chunks containing it), sorted by term: the order all writers take term rows in."""
+    df: Counter[str] = Counter()
+    for _, _, c in chunks:
+        df.update(c.terms.keys())
+    return sorted(df.items())
+
+
+def _postings(
+    chunks: Sequence[ChunkItem], chunk_ids: Sequence[int], term_ids: dict[str, int], avg: float, k1: float, b: float
+) -> list[tuple[int, int, int, int]]:
+    """(chunk id, term id, tf, impact) of every posting of the chunks."""
+    return [
+        (chunk_id, term_ids[term], min(tf, _MAX_TF), _impact(tf, c.length, avg, k1, b))
+        for chunk_id, (_, _, c) in zip(chunk_ids, chunks, strict=True)
+        for term, tf in c.terms.items()
+    ]
 
 
 class _SqlStore:
@@ -336,36 +393,21 @@ class _SqlStore:
         self, conn: AsyncConnection, items: Sequence[tuple[str, PreparedSource]], k1: float, b: float
     ) -> None:
         await self.delete(conn, [source_id for source_id, _ in items])
-        chunks = [
-            (source_id, c.language or prepared.language, c) for source_id, prepared in items for c in prepared.chunks
-        ]
+        chunks = _flatten(items)
         if not chunks:
             return
         # First write of the transaction on rag_stats (unless the delete's trigger already took it): that
         # row lock orders all index writers, so they never deadlock on term rows.
-        added_length = sum(c.length for _, _, c in chunks)
         row = (
             await conn.execute(
-                text(
-                    "UPDATE rag_stats SET n_chunks = n_chunks + :n, total_length = total_length + :len "
-                    "WHERE id = 1 RETURNING n_chunks, total_length"
-                ),
-                {"n": len(chunks), "len": added_length},
+                text(_UPDATE_STATS),
+                {"n": len(chunks), "len": sum(c.length for _, _, c in chunks)},
             )
         ).one()
-        avg_length = int(row[1]) / int(row[0]) if row[0] else 0.0
-        df_increments: Counter[str] = Counter()
-        for _, _, c in chunks:
-            df_increments.update(c.terms.keys())
-        term_ids = await self._upsert_terms(conn, sorted(df_increments.items()))
+        term_ids = await self._upsert_terms(conn, _df_increments(chunks))
         vectors = [encode_terms([(term_ids[t], tf) for t, tf in c.terms.items()]) for _, _, c in chunks]
         chunk_ids = await self._insert_chunks(conn, chunks, vectors)
-        postings = [
-            (chunk_id, term_ids[term], min(tf, _MAX_TF), _impact(tf, c.length, avg_length, k1, b))
-            for chunk_id, (_, _, c) in zip(chunk_ids, chunks, strict=True)
-            for term, tf in c.terms.items()
-        ]
-        await self._insert_postings(conn, postings)
+        await self._insert_postings(conn, _postings(chunks, chunk_ids, term_ids, _avg(row), k1, b))
 
     async def _upsert_terms(self, conn: AsyncConnection, increments: list[tuple[str, int]]) -> dict[str, int]:
         raise NotImplementedError
@@ -440,43 +482,50 @@ class SqliteStore(_SqlStore):
             )
         return " UNION ALL ".join(parts)
 
-    async def _upsert_terms(self, conn: AsyncConnection, increments: list[tuple[str, int]]) -> dict[str, int]:
-        await conn.exec_driver_sql(
-            "INSERT INTO rag_terms (term, df) VALUES (?, ?) ON CONFLICT (term) DO UPDATE SET df = df + excluded.df",
-            increments,
-        )
-        ids: dict[str, int] = {}
-        stmt = self._bind("SELECT term, id FROM rag_terms WHERE term IN :terms", "terms")
-        for batch in _batches([t for t, _ in increments], _SQLITE_BATCH):
-            ids.update((str(t), int(i)) for t, i in await conn.execute(stmt, {"terms": list(batch)}))
-        return ids
+    async def write(
+        self, conn: AsyncConnection, items: Sequence[tuple[str, PreparedSource]], k1: float, b: float
+    ) -> None:
+        await on_sqlite_thread(conn, lambda sqlite: write_sqlite(sqlite, items, k1, b))
 
-    async def _insert_chunks(
-        self, conn: AsyncConnection, chunks: list[tuple[str, str, PreparedChunk]], vectors: list[bytes]
-    ) -> list[int]:
-        ids: list[int] = []
-        per_row = 7
-        rows = list(zip(chunks, vectors, strict=True))
-        for batch in _batches(rows, _SQLITE_BATCH // per_row):
-            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(batch))
-            params: list[Any] = []
-            for (source_id, language, c), vector in batch:
-                params += [source_id, c.length, vector, c.ordinal, language, json.dumps(list(c.heading_path)), c.text]
-            result = await conn.exec_driver_sql(
-                "INSERT INTO rag_chunks (source_id, length, terms, ordinal, language, heading_path, text) "
-                f"VALUES {values} RETURNING id, source_id, ordinal",
-                tuple(params),
-            )
-            inserted = cast(list[tuple[int, str, int]], result.all())
-            by_key = {(str(r[1]), int(r[2])): int(r[0]) for r in inserted}
-            ids.extend(by_key[(source_id, c.ordinal)] for (source_id, _, c), _ in batch)
-        return ids
 
-    async def _insert_postings(self, conn: AsyncConnection, rows: list[tuple[int, int, int, int]]) -> None:
-        await conn.exec_driver_sql(
-            "INSERT INTO rag_postings (chunk_id, term_id, tf, impact) VALUES (?, ?, ?, ?)",
-            rows,
-        )
+# The statements of `write_sqlite`; sets of ids travel as one JSON parameter.
+_SQLITE_DELETE = "DELETE FROM rag_chunks WHERE source_id IN (SELECT value FROM json_each(?))"
+_SQLITE_UPSERT_TERM = (
+    "INSERT INTO rag_terms (term, df) VALUES (?, ?) ON CONFLICT (term) DO UPDATE SET df = df + excluded.df"
+)
+_SQLITE_TERM_IDS = "SELECT term, id FROM rag_terms WHERE term IN (SELECT value FROM json_each(?))"
+_SQLITE_INSERT_CHUNK = (
+    "INSERT INTO rag_chunks (source_id, length, terms, ordinal, language, heading_path, text) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_SQLITE_INSERT_POSTING = "INSERT INTO rag_postings (chunk_id, term_id, tf, impact) VALUES (?, ?, ?, ?)"
+
+
+def delete_sqlite(sqlite: sqlite3.Connection, source_ids: Sequence[str]) -> None:
+    """`IndexStore.delete` on SQLite's own connection (see `on_sqlite_thread`)."""
+    if source_ids:
+        sqlite.execute(_SQLITE_DELETE, (json.dumps(list(source_ids)),))
+
+
+def write_sqlite(sqlite: sqlite3.Connection, items: Sequence[tuple[str, PreparedSource]], k1: float, b: float) -> None:
+    """`IndexStore.write` on SQLite's own connection, in its thread: the ingestion worker writes a batch's
+    index rows, states and jobs in one call there (`on_sqlite_thread`)."""
+    delete_sqlite(sqlite, [source_id for source_id, _ in items])
+    chunks = _flatten(items)
+    if not chunks:
+        return
+    stats = sqlite.execute(_UPDATE_STATS, {"n": len(chunks), "len": sum(c.length for _, _, c in chunks)}).fetchall()[0]
+    increments = _df_increments(chunks)
+    sqlite.executemany(_SQLITE_UPSERT_TERM, increments)
+    term_ids: dict[str, int] = dict(
+        sqlite.execute(_SQLITE_TERM_IDS, (json.dumps([term for term, _ in increments]),)).fetchall()
+    )
+    chunk_ids: list[int] = []
+    for source_id, language, c in chunks:
+        vector = encode_terms([(term_ids[t], tf) for t, tf in c.terms.items()])
+        row = (source_id, c.length, vector, c.ordinal, language, json.dumps(list(c.heading_path)), c.text)
+        chunk_ids.append(cast(int, sqlite.execute(_SQLITE_INSERT_CHUNK, row).lastrowid))
+    sqlite.executemany(_SQLITE_INSERT_POSTING, _postings(chunks, chunk_ids, term_ids, _avg(stats), k1, b))
 
 
 class PostgresStore(_SqlStore):

@@ -15,20 +15,24 @@ Guarantees, and what gives them:
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, and_, bindparam, delete, event, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, Integer, String, and_, bindparam, delete, event, insert, or_, select, update
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from privategpt.db import Database, DriverQuery, DriverWrite
 from privategpt.models import Job, UTCDateTime, utcnow
+from privategpt.rag.store import on_sqlite_thread
 
 INGEST = "ingest"
 # Dense vectors of an indexed source: slow (a CPU model), so kept apart from `ingest` jobs, which must
@@ -146,7 +150,6 @@ async def claim(database: Database, worker_id: str, *, kind: str, limit: int, le
     to `limit` fresh jobs are taken together.
     """
     now = utcnow()
-    runnable = _runnable(kind, now)
     # A plain read first: an idle worker polling must not take SQLite's write lock every time. The embedded
     # worker is woken by every commit that queues a job, so this runs about once per `POST /sources`: on the
     # driver's connection, one hop to SQLite's thread instead of SQLAlchemy's four.
@@ -154,7 +157,14 @@ async def claim(database: Database, worker_id: str, *, kind: str, limit: int, le
         if not await _ANY_RUNNABLE.all(await session.connection(), kind=kind, now=now):
             return []
     claim_token = f"{worker_id}/{uuid.uuid4().hex[:8]}"
+    until = now + timedelta(seconds=lease_seconds)
     async with database.session(write=True) as session:
+        connection = await session.connection()
+        if connection.dialect.name == "sqlite":
+            taken = await _claim_sqlite(connection, kind, limit, claim_token, now, until)
+            mine = [ClaimedJob(id=r[0], kind=r[1], source_id=r[2], attempts=r[3], claim=claim_token) for r in taken]
+            return sorted(mine, key=lambda job: job.id)
+        runnable = _runnable(kind, now)
         ids = list(
             await session.scalars(
                 select(Job.id)
@@ -183,7 +193,7 @@ async def claim(database: Database, worker_id: str, *, kind: str, limit: int, le
             .values(
                 state="running",
                 locked_by=claim_token,
-                locked_until=now + timedelta(seconds=lease_seconds),
+                locked_until=until,
                 attempts=Job.attempts + 1,
             )
             .returning(Job.id, Job.kind, Job.source_id, Job.attempts)
@@ -194,6 +204,72 @@ async def claim(database: Database, worker_id: str, *, kind: str, limit: int, le
             for job_id, job_kind, source_id, attempts in rows
         ]
         return sorted(claimed, key=lambda job: job.id)
+
+
+def _claim_statement(retried: bool) -> DriverWrite:
+    """Claim up to `limit` runnable jobs of `kind`, tried before (`retried`) or fresh, oldest first."""
+    runnable = _runnable(bindparam("kind", type_=String), bindparam("now", type_=UTCDateTime))
+    tried = Job.attempts > 0 if retried else Job.attempts == 0
+    pick = select(Job.id).where(runnable, tried).order_by(Job.id).limit(bindparam("limit", type_=Integer))
+    return DriverWrite(
+        update(Job)
+        .where(Job.id.in_(pick))
+        .values(
+            state="running",
+            locked_by=bindparam("claim", type_=String),
+            locked_until=bindparam("until", type_=UTCDateTime),
+            attempts=Job.attempts + 1,
+        )
+        .returning(Job.id, Job.kind, Job.source_id, Job.attempts)
+    )
+
+
+_CLAIM_RETRIED, _CLAIM_FRESH = _claim_statement(True), _claim_statement(False)
+
+
+async def _claim_sqlite(
+    connection: AsyncConnection, kind: str, limit: int, claim_token: str, now: Any, until: Any
+) -> list[tuple[int, str, str, int]]:
+    """`claim` on SQLite, in one hop to its thread: BEGIN IMMEDIATE already serialises the claims."""
+    params = {"kind": kind, "now": now, "claim": claim_token, "until": until}
+    retried = _CLAIM_RETRIED.on_driver(connection.dialect, **params, limit=1)
+    fresh = _CLAIM_FRESH.on_driver(connection.dialect, **params, limit=limit)
+
+    def work(sqlite: sqlite3.Connection) -> list[tuple[int, str, str, int]]:
+        return sqlite.execute(*retried).fetchall() or sqlite.execute(*fresh).fetchall()
+
+    return await on_sqlite_thread(connection, work)
+
+
+# Sets of ids bound as one JSON array (`json_each`), on SQLite's own connection.
+_IN_JSON = "IN (SELECT value FROM json_each(?))"
+
+
+def hold_sqlite(sqlite: sqlite3.Connection, jobs: Sequence[ClaimedJob]) -> set[int]:
+    """`hold` on SQLite's own connection, in its thread (`rag.store.on_sqlite_thread`), in a write
+    transaction (BEGIN IMMEDIATE: no other writer meanwhile, so no row locks are needed)."""
+    claims = {j.id: j.claim for j in jobs}
+    rows = sqlite.execute(
+        f"SELECT id, locked_by FROM jobs WHERE id {_IN_JSON} AND state = 'running'", (json.dumps(list(claims)),)
+    ).fetchall()
+    return {job_id for job_id, locked_by in rows if locked_by == claims[job_id]}
+
+
+def finish_sqlite(sqlite: sqlite3.Connection, job_ids: Iterable[int]) -> None:
+    """`finish` on SQLite's own connection."""
+    ids = list(job_ids)
+    if ids:
+        sqlite.execute(f"DELETE FROM jobs WHERE id {_IN_JSON}", (json.dumps(ids),))
+
+
+def enqueue_sqlite(sqlite: sqlite3.Connection, dialect: Dialect, kind: str, source_ids: Sequence[str]) -> None:
+    """`enqueue_many` (superseding earlier jobs) on SQLite's own connection; the caller wakes the workers
+    after the commit (`wake_after_commit`)."""
+    if not source_ids:
+        return
+    sqlite.execute(f"DELETE FROM jobs WHERE kind = ? AND source_id {_IN_JSON}", (kind, json.dumps(list(source_ids))))
+    rows = [INSERT_JOB.on_driver(dialect, **row) for row in job_rows(kind, source_ids)]
+    sqlite.executemany(rows[0][0], [params for _, params in rows])
 
 
 async def heartbeat(database: Database, worker_id: str, job_ids: Sequence[int], *, lease_seconds: float) -> set[int]:

@@ -56,6 +56,8 @@ class Worker:
         self._running: dict[str, int] = dict.fromkeys(handlers, 0)
         self.worker_id = queue.new_worker_id()
         self._wake = asyncio.Event()
+        # Set when a batch ends: the next round may claim for a kind that still has a batch running.
+        self._batch_ended = False
         # Batches in flight, and the jobs each holds (kept alive by the heartbeat, handed back on stop).
         self._batches: dict[asyncio.Task[None], list[int]] = {}
         self._main: asyncio.Task[None] | None = None
@@ -99,11 +101,18 @@ class Worker:
 
     async def _loop(self) -> None:
         settings = self.settings
+        woken = True
         while not self._stopping:
             self._wake.clear()
+            batch_ended, self._batch_ended = self._batch_ended, False
             started = False
             for kind in self.handlers:
                 if self._running[kind] >= self.slots[kind]:
+                    continue
+                if self._running[kind] and woken and not batch_ended:
+                    # Only a commit that queued jobs woke us while a batch of this kind runs: the jobs queued
+                    # meanwhile wait for its end and go in one claim, not one small batch (and one idle check)
+                    # per `POST /sources`. A poll, or the end of a batch, claims as usual.
                     continue
                 try:
                     claimed = await queue.claim(
@@ -120,9 +129,12 @@ class Worker:
                     self._start(kind, claimed)
                     started = True
             if started:
+                woken = True
                 continue  # there may be more waiting; the next round finds out once a slot is free
+            woken = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=settings.worker_poll_seconds)
+                woken = True
 
     def _start(self, kind: str, jobs: list[ClaimedJob]) -> None:
         task = asyncio.create_task(self._run_kind(kind, jobs), name=f"{kind} jobs {jobs[0].id}..")
@@ -132,6 +144,7 @@ class Worker:
         def done(task: asyncio.Task[None]) -> None:
             self._batches.pop(task, None)
             self._running[kind] -= 1
+            self._batch_ended = True
             self._wake.set()
 
         task.add_done_callback(done)

@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CompoundSelect, Select, event
+from sqlalchemy import CompoundSelect, Select, event, make_url
+from sqlalchemy.dialects import registry
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -25,6 +27,11 @@ from privategpt.config import Settings
 # instead of waiting for busy_timeout.
 SQLITE_WRITE_INTENT = "privategpt_write_intent"
 
+
+# Execution option of the sessions that read statement by statement on SQLite (GET requests): no BEGIN, so
+# each statement reads the latest commit on its own, as every statement does under PostgreSQL's default READ
+# COMMITTED. It spares the request two hops to aiosqlite's thread (BEGIN, COMMIT) of its three.
+SQLITE_STATEMENT_READS = "privategpt_statement_reads"
 
 # Set in a pooled connection's `info` while its transaction holds the process's write turn.
 _HOLDS_WRITE_TURN = "privategpt_write_turn"
@@ -77,7 +84,10 @@ def _configure_sqlite(engine: AsyncEngine, turns: WriteTurns) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        write = bool(conn.get_execution_options().get(SQLITE_WRITE_INTENT))
+        options = conn.get_execution_options()
+        if options.get(SQLITE_STATEMENT_READS):
+            return
+        write = bool(options.get(SQLITE_WRITE_INTENT))
         statement = "BEGIN IMMEDIATE" if write else "BEGIN"
         if write:
             turns.acquire()
@@ -106,6 +116,28 @@ def _configure_sqlite(engine: AsyncEngine, turns: WriteTurns) -> None:
             dbapi_connection.rollback()
 
 
+class _SQLiteDialect(SQLiteDialect_aiosqlite):
+    """aiosqlite, minus the hop to its thread for a COMMIT or ROLLBACK with no transaction open.
+
+    A statement-by-statement read (`SQLITE_STATEMENT_READS`) never begins one, yet SQLAlchemy still ends its
+    unit of work with a COMMIT that sqlite3 would ignore after a round trip to aiosqlite's thread.
+    """
+
+    supports_statement_cache = True
+
+    def do_commit(self, dbapi_connection: Any) -> None:
+        if dbapi_connection.driver_connection.in_transaction:
+            dbapi_connection.commit()
+
+    def do_rollback(self, dbapi_connection: Any) -> None:
+        if dbapi_connection.driver_connection.in_transaction:
+            dbapi_connection.rollback()
+
+
+_SQLITE_DIALECT = "sqlite.privategpt_aiosqlite"
+registry.register(_SQLITE_DIALECT, __name__, "_SQLiteDialect")
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     """Create the async engine for the configured database, tuned for concurrent use."""
     url = settings.resolved_database_url
@@ -114,7 +146,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
-            url,
+            make_url(url).set(drivername=_SQLITE_DIALECT.replace(".", "+")),
             pool_size=8,
             max_overflow=8,
             pool_timeout=60,
@@ -287,13 +319,22 @@ class Database:
         self.engine = create_engine(settings)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._statement_read_sessions = (
+            async_sessionmaker(self.engine.execution_options(**{SQLITE_STATEMENT_READS: True}), expire_on_commit=False)
+            if self.is_sqlite
+            else self._read_sessions
+        )
         self._write_sessions = async_sessionmaker(
             self.engine.execution_options(**{SQLITE_WRITE_INTENT: True}) if self.is_sqlite else self.engine,
             expire_on_commit=False,
         )
 
-    def session_factory(self, *, write: bool) -> async_sessionmaker[AsyncSession]:
-        return self._write_sessions if write else self._read_sessions
+    def session_factory(self, *, write: bool, snapshot: bool = True) -> async_sessionmaker[AsyncSession]:
+        """Sessions that write, or read in one snapshot, or (`snapshot=False`) read each statement's latest
+        commit: enough for a request that reads one thing after authenticating, as on PostgreSQL."""
+        if write:
+            return self._write_sessions
+        return self._read_sessions if snapshot else self._statement_read_sessions
 
     @asynccontextmanager
     async def session(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:

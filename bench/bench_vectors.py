@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_retrieval import GROUPS, _build, _queries, _rss_mb, bench_database, load_in_child
+from bench_retrieval import GROUPS, _build, _queries, _rss_mb, bench_database, ensure_chunk_log, load_in_child
 
 from privategpt.embeddings.base import Vectors
 from privategpt.rag.hybrid import DenseIndex, retrieve
@@ -189,6 +189,7 @@ async def _recall(engine: AsyncEngine, model_id: int, queries: np.ndarray, scope
 
 async def _measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     engine = create_async_engine(url, pool_size=2)
+    await ensure_chunk_log(engine)
     rng = np.random.default_rng(7)
     queries = _vectors(args.vectors, rng, args.queries).astype(np.float32)
     texts = _queries()[: args.queries]

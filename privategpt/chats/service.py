@@ -41,15 +41,28 @@ from datetime import timedelta
 from typing import cast
 
 import anyio
-from sqlalchemy import CursorResult, delete, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import (
+    CursorResult,
+    Integer,
+    String,
+    bindparam,
+    column,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    table,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from privategpt import access
 from privategpt.auth.principal import Principal
 from privategpt.chats.prompt import Candidate, Turn, build_prompt
 from privategpt.chats.schemas import ChatAnswer, ChatMessageOut, ChatOut, ChatSummary, SourceRef
 from privategpt.config import Settings
-from privategpt.db import Database
+from privategpt.db import Database, DriverQuery, DriverWrite, Write, run_writes
 from privategpt.embeddings import Vectors
 from privategpt.errors import Conflict, NotFound
 from privategpt.llm import LanguageModel, Prompt, sampling_for
@@ -136,30 +149,29 @@ async def ask(
     reranker: Reranker | None = None,
 ) -> AsyncGenerator[ChatEvent]:
     """Answer a question; when streaming, yields `Started` and the answer's pieces; always ends with `Answered`."""
-    async with turn(), database.session(write=False) as session:
-        # 1. The chat and its scenario.
-        if question.chat_id is None:
-            chat = _new_chat_settings(caller, question)
-            scenario = await scenarios.scenario_for_new_chat(session, question.scenario_id)
-        else:
-            chat = await _own_chat_settings(session, caller, question.chat_id)
-            scenario = await scenarios.scenario_of_chat(session, chat.scenario_id)
+    # A connection outside any transaction: each `DriverQuery` is one statement, one round trip (on SQLite no
+    # BEGIN and COMMIT around it); retrieval, which reads several times, gets its own transaction.
+    async with turn(), database.engine.connect() as conn:
+        # 1. The chat, its scenario, and whether the embedding model is the one in service: one round trip.
+        chat, scenario, dense_active = await _chat_settings(conn, caller, question, dense)
 
         # 2. Access, again on every question.
         scope = access.retrieval_scope(caller, chat.groups, chat.use_public)
         searched = not scope.is_empty and scenario.context_retriever_type != "none"
-        vectors = searched and dense is not None and await _searches_vectors(session, scenario, dense)
+        vectors = searched and dense_active and _retrieval_mode(scenario) != "sparse"
         embedder = dense.embedder if vectors and dense is not None else None
         retrieve_passages = functools.partial(
             _retrieve, settings, scenario, scope, question.text, chat.language, dense, reranker
         )
 
         # A new chat is unknown to everyone until it is saved: it needs no lock and has no history, so its
-        # passages are read right here, in the same short transaction, unless the question must be embedded
-        # first (that waits with no connection held).
+        # passages are read right here, unless the question must be embedded first (that waits with no
+        # connection held).
         candidates: list[Candidate] = []
-        if chat.is_new and searched and embedder is None:
-            candidates = await retrieve_passages(session)
+        passages_read = chat.is_new and embedder is None
+        if passages_read and searched:
+            async with conn.begin():
+                candidates = await retrieve_passages(conn)
 
     # 3. The busy lock of an existing chat.
     lock = None if chat.is_new else await ChatLock.acquire(database, chat.id, caller.user.id, settings)
@@ -169,12 +181,13 @@ async def ask(
         # previous answer is in.
         query_vector = None if embedder is None else await embedder.embed_query(question.text)
         history: list[Turn] = []
-        if not chat.is_new or embedder is not None:
-            async with turn(), database.session(write=False) as session:
-                if not chat.is_new and scenario.use_history:
-                    history = await _history(session, caller, chat.id)
-                if searched:
-                    candidates = await retrieve_passages(session, query_vector)
+        with_history = not chat.is_new and scenario.use_history
+        if with_history or (searched and not passages_read):
+            async with turn(), database.engine.connect() as conn, conn.begin():
+                if with_history:
+                    history = await _history(conn, caller, chat.id)
+                if searched and not passages_read:
+                    candidates = await retrieve_passages(conn, query_vector)
 
         # 5. The prompt; whole documents make it CPU work worth a thread.
         build = functools.partial(
@@ -215,53 +228,88 @@ async def ask(
     yield Answered(result)
 
 
-def _new_chat_settings(caller: Principal, question: Question) -> _ChatSettings:
-    # The names as the groups spell them; unknown ones are left for the access check to refuse.
-    own = {g.name_key: g.name for g in caller.user.groups}
-    groups = list(dict.fromkeys(own.get(g.strip().casefold(), g) for g in question.groups))
-    return _ChatSettings(
-        id=new_uuid(),
-        is_new=True,
-        language=question.language or caller.user.language,
-        groups=groups,
-        use_public=question.use_public,
-        scenario_id=question.scenario_id,
+_SCENARIOS = Scenario.__table__
+_CHATS = Chat.__table__
+_MODELS = table("rag_embedding_models", column("id", Integer), column("state", String))
+# The state of the embedding model the server embeds queries with (NULL without one).
+_DENSE_STATE = select(_MODELS.c.state).where(_MODELS.c.id == bindparam("model_id", type_=Integer)).scalar_subquery()
+_WIDTH = len(scenarios.CHAT_SCENARIO_COLUMNS)
+# A new chat's settings: the scenario it names and the default one (`scenarios.scenario_for_new_chat` chooses).
+_NEW_CHAT_SETTINGS = DriverQuery(
+    select(*scenarios.CHAT_SCENARIO_COLUMNS, _DENSE_STATE).where(
+        scenarios.chat_scenario_choices(bindparam("scenario_id", type_=String))
     )
-
-
-async def _own_chat_settings(session: AsyncSession, caller: Principal, chat_id: str) -> _ChatSettings:
-    chat = await _own_chat(session, caller, chat_id)
-    return _ChatSettings(
-        id=chat.id,
-        is_new=False,
-        language=chat.language,
-        groups=list(chat.groups),
-        use_public=chat.use_public,
-        scenario_id=chat.scenario_id,
+)
+# An existing chat of the caller's, on one row per scenario it may continue with (its own and the default).
+_OWN_CHAT_SETTINGS = DriverQuery(
+    select(
+        *scenarios.CHAT_SCENARIO_COLUMNS,
+        _DENSE_STATE,
+        _CHATS.c.language,
+        _CHATS.c.groups,
+        _CHATS.c.use_public,
+        _CHATS.c.scenario_id,
     )
+    .join_from(_CHATS, _SCENARIOS, scenarios.chat_scenario_choices(_CHATS.c.scenario_id))
+    .where(_CHATS.c.id == bindparam("chat_id", type_=String), _CHATS.c.user_id == bindparam("user_id", type_=Integer))
+)
 
 
-async def _history(session: AsyncSession, caller: Principal, chat_id: str) -> list[Turn]:
+async def _chat_settings(
+    conn: AsyncConnection, caller: Principal, question: Question, dense: DenseIndex | None
+) -> tuple[_ChatSettings, scenarios.ChatScenario, bool]:
+    """The chat (a new one's settings or the caller's own; anyone else's is a 404), its scenario, and
+    whether the dense index's model is the one in service (not still being built after a change)."""
+    model_id = None if dense is None else dense.model.id
+    if question.chat_id is None:
+        rows = await _NEW_CHAT_SETTINGS.all(conn, scenario_id=question.scenario_id, model_id=model_id)
+        scenario = scenarios.scenario_for_new_chat(rows, question.scenario_id)
+        # The names as the groups spell them; unknown ones are left for the access check to refuse.
+        own = {g.name_key: g.name for g in caller.user.groups}
+        chat = _ChatSettings(
+            id=new_uuid(),
+            is_new=True,
+            language=question.language or caller.user.language,
+            groups=list(dict.fromkeys(own.get(g.strip().casefold(), g) for g in question.groups)),
+            use_public=question.use_public,
+            scenario_id=question.scenario_id,
+        )
+    else:
+        rows = await _OWN_CHAT_SETTINGS.all(conn, chat_id=question.chat_id, user_id=caller.user.id, model_id=model_id)
+        if not rows:
+            raise NotFound(NOT_FOUND)
+        language, groups, use_public, scenario_id = rows[0][_WIDTH + 1 :]
+        scenario = scenarios.scenario_of_chat(rows, scenario_id)
+        chat = _ChatSettings(
+            id=question.chat_id,
+            is_new=False,
+            language=language,
+            groups=list(groups),
+            use_public=bool(use_public),
+            scenario_id=scenario_id,
+        )
+    return chat, scenario, rows[0][_WIDTH] == "active"
+
+
+async def _history(conn: AsyncConnection, caller: Principal, chat_id: str) -> list[Turn]:
     """Earlier turns, oldest first, leaving out any produced from a source the caller can no longer see.
 
     A turn's answer may quote its passages and, through history, the turns before it; so what decides
     is every source behind it (`context_source_ids`), not only the ones it cited.
     """
     messages = list(
-        await session.scalars(select(ChatMessage).where(ChatMessage.chat_id == chat_id).order_by(ChatMessage.position))
+        await conn.execute(
+            select(ChatMessage.question, ChatMessage.answer, ChatMessage.context_source_ids)
+            .where(ChatMessage.chat_id == chat_id)
+            .order_by(ChatMessage.position)
+        )
     )
-    visible = await _visible_source_ids(session, caller, {i for m in messages for i in m.context_source_ids})
+    visible = await _visible_source_ids(conn, caller, {i for m in messages for i in m.context_source_ids})
     return [
         Turn(m.question, m.answer, frozenset(m.context_source_ids))
         for m in messages
         if visible.issuperset(m.context_source_ids)
     ]
-
-
-async def _searches_vectors(session: AsyncSession, scenario: Scenario, dense: DenseIndex) -> bool:
-    """Whether retrieval for this scenario searches dense vectors, so that the question must be embedded:
-    the scenario uses them and the embedder's model is the one in service (not still being built)."""
-    return _retrieval_mode(scenario) != "sparse" and await dense.is_active(await session.connection())
 
 
 _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
@@ -277,7 +325,7 @@ def turn() -> asyncio.Semaphore:
     return turns
 
 
-def _retrieval_mode(scenario: Scenario) -> RetrievalMode:
+def _retrieval_mode(scenario: scenarios.ChatScenario) -> RetrievalMode:
     """The retrieval core's mode for a scenario's `use_sparse`/`use_dense` flags (validation keeps one on)."""
     if scenario.use_dense:
         return "hybrid" if scenario.use_sparse else "dense"
@@ -286,17 +334,16 @@ def _retrieval_mode(scenario: Scenario) -> RetrievalMode:
 
 async def _retrieve(
     settings: Settings,
-    scenario: Scenario,
+    scenario: scenarios.ChatScenario,
     scope: RetrievalScope,
     query: str,
     language: str,
     dense: DenseIndex | None,
     reranker: Reranker | None,
-    session: AsyncSession,
+    conn: AsyncConnection,
     query_vector: Vectors | None = None,
 ) -> list[Candidate]:
     """Passages from the documents in scope: chunks, or whole documents for `document_store`."""
-    conn = await session.connection()
     whole_documents = scenario.context_retriever_type == "document_store"
     chunks = await retrieve(
         conn,
@@ -319,7 +366,7 @@ async def _retrieve(
     ranked = list(best.values())[: scenario.k]
     # No character is estimated below a quarter token: more than this could never fit the prompt.
     max_chars = 4 * settings.llm_context_tokens
-    contents = await _documents_in_scope(session, scope, [c.source_id for c in ranked], max_chars)
+    contents = await _documents_in_scope(conn, scope, [c.source_id for c in ranked], max_chars)
     return [
         Candidate(c.source_id, contents[c.source_id][0], contents[c.source_id][1], c.score)
         for c in ranked
@@ -328,7 +375,7 @@ async def _retrieve(
 
 
 async def _documents_in_scope(
-    session: AsyncSession, scope: RetrievalScope, ids: list[str], max_chars: int
+    conn: AsyncConnection, scope: RetrievalScope, ids: list[str], max_chars: int
 ) -> dict[str, tuple[str, str]]:
     """Name and content (its first `max_chars`) of these sources, read again under the scope.
 
@@ -336,7 +383,7 @@ async def _documents_in_scope(
     """
     if not ids:
         return {}
-    rows = await session.execute(
+    rows = await conn.execute(
         select(Source.id, Source.name, func.substr(Source.content, 1, max_chars).label("content")).where(
             Source.id.in_(ids), access.retrieval_scope_clause(scope)
         )
@@ -374,53 +421,83 @@ def title_of(question: str) -> str:
     return line if len(line) <= TITLE_MAX else line[: TITLE_MAX - 1].rstrip() + "…"
 
 
+_CHAT_COLUMNS = (
+    "id",
+    "user_id",
+    "title",
+    "language",
+    "use_public",
+    "groups",
+    "scenario_id",
+    "created_at",
+    "updated_at",
+)
+_INSERT_CHAT = DriverWrite(insert(Chat).values({c: bindparam(c) for c in _CHAT_COLUMNS}))
+_MESSAGE_COLUMNS = (
+    "chat_id",
+    "position",
+    "question",
+    "answer",
+    "language",
+    "sources",
+    "context_source_ids",
+    "created_at",
+)
+_INSERT_MESSAGE = DriverWrite(insert(ChatMessage).values({c: bindparam(c) for c in _MESSAGE_COLUMNS}))
+_LAST_POSITION = DriverQuery(
+    select(func.max(ChatMessage.position)).where(ChatMessage.chat_id == bindparam("chat_id", type_=String))
+)
+
+
 async def _save(
     database: Database,
     caller: Principal,
     chat: _ChatSettings,
-    scenario: Scenario,
+    scenario: scenarios.ChatScenario,
     lock: ChatLock | None,
     question: str,
     answer: str,
     prompt: Prompt,
     history: Sequence[Turn],
 ) -> ChatAnswer:
+    """The question and its answer saved; a new chat with it. Core statements on the driver's connection
+    (`db.run_writes`), not the ORM: a new chat's whole write is one round trip to SQLite's thread."""
     sources = cited_sources(prompt)
     context = {p.source_id for p in prompt.passages}.union(*(t.context_source_ids for t in history))
     now = utcnow()
+    message = {
+        "chat_id": chat.id,
+        "question": question,
+        "answer": answer,
+        "language": chat.language,
+        "sources": [s.model_dump() for s in sources],
+        "context_source_ids": sorted(context),
+        "created_at": now,
+    }
     async with turn(), database.session() as session:
+        conn = await session.connection()
+        writes: list[Write] = []
         if chat.is_new:
-            session.add(
-                Chat(
-                    id=chat.id,
-                    user_id=caller.user.id,
-                    title=title_of(question),
-                    language=chat.language,
-                    use_public=chat.use_public,
-                    groups=chat.groups,
-                    scenario_id=scenario.id,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            position = 0
+            new_chat = {
+                "id": chat.id,
+                "user_id": caller.user.id,
+                "title": title_of(question),
+                "language": chat.language,
+                "use_public": chat.use_public,
+                "groups": chat.groups,
+                "scenario_id": scenario.id,
+                "created_at": now,
+                "updated_at": now,
+            }
+            writes.append((_INSERT_CHAT, [new_chat]))
+            message["position"] = 0
         else:
             assert lock is not None
-            await lock.release_in(session, now)
-            last = await session.scalar(select(func.max(ChatMessage.position)).where(ChatMessage.chat_id == chat.id))
-            position = 0 if last is None else last + 1
-        session.add(
-            ChatMessage(
-                chat_id=chat.id,
-                position=position,
-                question=question,
-                answer=answer,
-                language=chat.language,
-                sources=[s.model_dump() for s in sources],
-                context_source_ids=sorted(context),
-                created_at=now,
-            )
-        )
+            await lock.release_in(conn, now)
+            last = (await _LAST_POSITION.all(conn, chat_id=chat.id))[0][0]
+            message["position"] = 0 if last is None else last + 1
+        writes.append((_INSERT_MESSAGE, [message]))
+        await run_writes(conn, writes)
     return ChatAnswer(chatId=chat.id, answer=answer, sources=sources)
 
 
@@ -487,16 +564,16 @@ class ChatLock:
                 # A missed renewal only shortens the lease; the next one may well succeed.
                 logger.warning("Could not renew the lock of chat %s", self.chat_id, exc_info=True)
 
-    async def release_in(self, session: AsyncSession, now: object) -> None:
+    async def release_in(self, conn: AsyncConnection, now: object) -> None:
         """Release the lock inside the saving transaction; 404/409 if the chat went or the lock was lost."""
-        result = await session.execute(
+        result = await conn.execute(
             update(Chat)
             .where(Chat.id == self.chat_id, Chat.locked_by == self.owner)
             .values(locked_by=None, locked_until=None, updated_at=now)
             .execution_options(synchronize_session=False)
         )
         if cast(CursorResult[object], result).rowcount != 1:
-            exists = await session.scalar(select(Chat.id).where(Chat.id == self.chat_id))
+            exists = await conn.scalar(select(Chat.id).where(Chat.id == self.chat_id))
             if exists is None:
                 raise NotFound("The chat was deleted while the answer was being produced.")
             raise Conflict("The chat's lock lapsed while the answer was being produced; please ask again.")
@@ -532,10 +609,10 @@ async def _own_chat(session: AsyncSession, caller: Principal, chat_id: str) -> C
     return chat
 
 
-async def _visible_source_ids(session: AsyncSession, caller: Principal, ids: set[str]) -> set[str]:
+async def _visible_source_ids(conn: AsyncConnection, caller: Principal, ids: set[str]) -> set[str]:
     if not ids:
         return set()
-    rows = await session.scalars(
+    rows = await conn.scalars(
         select(Source.id).where(Source.id.in_(sorted(ids)), access.visible_sources_clause(caller))
     )
     return set(rows)
@@ -565,7 +642,9 @@ async def get_chat(session: AsyncSession, caller: Principal, chat_id: str) -> Ch
     messages = list(
         await session.scalars(select(ChatMessage).where(ChatMessage.chat_id == chat.id).order_by(ChatMessage.position))
     )
-    visible = await _visible_source_ids(session, caller, {s["sourceId"] for m in messages for s in m.sources})
+    visible = await _visible_source_ids(
+        await session.connection(), caller, {s["sourceId"] for m in messages for s in m.sources}
+    )
     return ChatOut(
         **_summary(chat).model_dump(),
         messages=[

@@ -7,12 +7,14 @@ fields one request at a time. Services only flush; the request's unit of work co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import ColumnElement, Float, case, func, or_, select, type_coerce
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.types import NullType
 
 from privategpt.audit import service as audit
 from privategpt.auth.principal import Principal
@@ -194,30 +196,74 @@ async def delete_scenario(session: AsyncSession, scenario_id: str, *, caller: Pr
     )
 
 
-async def default_scenario(session: AsyncSession) -> Scenario:
-    """The official scenario for chats that name none (seeded by the migration)."""
-    scenario = await session.scalar(select(Scenario).where(Scenario.is_default.is_(True)).limit(1))
-    if scenario is None:
-        raise RuntimeError("The default scenario is missing; run `privategpt db upgrade`.")
-    return scenario
+_DEFAULT_MISSING = "The default scenario is missing; run `privategpt db upgrade`."
 
 
-async def scenario_for_new_chat(session: AsyncSession, scenario_id: str | None) -> Scenario:
-    """The scenario a new chat asks for (any user may use any active one), or the default one."""
+@dataclass(frozen=True)
+class ChatScenario:
+    """What a question needs of its scenario: plain values read in the chat's one round trip (not an ORM
+    object, whose loading cost more than the query on a chat's hot path)."""
+
+    id: str
+    active: bool
+    is_default: bool
+    creativity: int
+    k: int
+    similarity_threshold: float
+    context_retriever_type: str
+    system_pre_prompt: str
+    user_pre_prompt: str
+    user_post_prompt: str
+    use_sparse: bool
+    use_dense: bool
+    use_reranking: bool
+    use_history: bool
+
+
+_SCENARIOS = Scenario.__table__
+
+
+def _plain(name: str) -> ColumnElement[Any]:
+    column = _SCENARIOS.c[name]
+    # Both drivers return floats as floats; asyncpg's Float result processor needs the wire type, which
+    # `db.DriverQuery` does not know.
+    return type_coerce(column, NullType()).label(name) if isinstance(column.type, Float) else column
+
+
+# The columns of `ChatScenario`, in its order, for a statement that reads them beside others.
+CHAT_SCENARIO_COLUMNS = tuple(_plain(f.name) for f in fields(ChatScenario))
+
+
+def chat_scenario_choices(scenario_id: ColumnElement[Any]) -> ColumnElement[bool]:
+    """The rows a chat chooses its scenario among: the one it names (`scenario_id`) and the default one."""
+    return or_(_SCENARIOS.c.id == scenario_id, _SCENARIOS.c.is_default.is_(True))
+
+
+def _chosen(rows: Sequence[Sequence[Any]], scenario_id: str | None) -> tuple[ChatScenario | None, ChatScenario]:
+    """The named scenario (if among `rows`) and the default one, from rows starting with the columns above."""
+    width = len(CHAT_SCENARIO_COLUMNS)
+    scenarios = [ChatScenario(*row[:width]) for row in rows]
+    default = next((s for s in scenarios if s.is_default), None)
+    if default is None:
+        raise RuntimeError(_DEFAULT_MISSING)
+    named = next((s for s in scenarios if scenario_id is not None and s.id == scenario_id), None)
+    return named, default
+
+
+def scenario_for_new_chat(rows: Sequence[Sequence[Any]], scenario_id: str | None) -> ChatScenario:
+    """The scenario a new chat asks for (any user may use any active one), or the default one; from the
+    rows `chat_scenario_choices(scenario_id)` selected."""
+    named, default = _chosen(rows, scenario_id)
     if scenario_id is None:
-        return await default_scenario(session)
-    scenario = await session.scalar(select(Scenario).where(Scenario.id == scenario_id))
-    if scenario is None:
+        return default
+    if named is None:
         raise ValidationFailed("scenarioId", "The selected scenario does not exist.")
-    if not scenario.active:
+    if not named.active:
         raise ValidationFailed("scenarioId", "The selected scenario is not active.")
-    return scenario
+    return named
 
 
-async def scenario_of_chat(session: AsyncSession, scenario_id: str | None) -> Scenario:
+def scenario_of_chat(rows: Sequence[Sequence[Any]], scenario_id: str | None) -> ChatScenario:
     """The scenario an existing chat continues with: its own, or the default one if it was deleted."""
-    if scenario_id is not None:
-        scenario = await session.scalar(select(Scenario).where(Scenario.id == scenario_id))
-        if scenario is not None:
-            return scenario
-    return await default_scenario(session)
+    named, default = _chosen(rows, scenario_id)
+    return named or default

@@ -32,10 +32,11 @@ def _writes(request: Request) -> bool:
 
 async def _unit_of_work(request: Request) -> AsyncIterator[AsyncSession]:
     context = get_context(request)
-    writes = _writes(request)
     # A GET reads statement by statement, as PostgreSQL's READ COMMITTED does anyway (on SQLite it saves the
     # BEGIN and COMMIT round trips); reads under READ_ONLY, such as retrieval, keep their one snapshot.
-    factory = context.database.session_factory(write=writes, snapshot=request.method not in _READ_ONLY_METHODS)
+    factory = context.database.session_factory(
+        write=_writes(request), snapshot=request.method not in _READ_ONLY_METHODS
+    )
     async with factory() as session:
         try:
             yield session

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import Integer, bindparam, delete, func, literal_column, null, or_, select, union_all
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from privategpt.audit import service as audit
 from privategpt.auth import tokens
@@ -57,20 +57,13 @@ async def authenticate(
     session: AsyncSession, *, authorization: str | None, authentication: str | None
 ) -> tuple[Caller, int]:
     """Resolve the request's bearer token to an active user, or raise 401."""
-    return await authenticate_on(await session.connection(), authorization=authorization, authentication=authentication)
-
-
-async def authenticate_on(
-    connection: AsyncConnection, *, authorization: str | None, authentication: str | None
-) -> tuple[Caller, int]:
-    """`authenticate` on a connection: its one statement needs no transaction around it."""
     raw = tokens.bearer_from_headers(authorization, authentication)
     if raw is None:
         raise Unauthenticated()
     presented = tokens.parse_token(raw)
     if presented is None:
         raise Unauthenticated()
-    rows = await _CALLER_ROWS.all(connection, token_id=presented.token_id)
+    rows = await _CALLER_ROWS.all(await session.connection(), token_id=presented.token_id)
     head = next((row for row in rows if row[0] == 0), None)
     if head is None:
         raise Unauthenticated()

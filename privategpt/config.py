@@ -91,7 +91,9 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(65536, ge=8)
     argon2_parallelism: int = Field(4, ge=1)
 
-    db_pool_size: int = Field(10, ge=1, description="PostgreSQL connection pool size per process.")
+    db_pool_size: int = Field(
+        16, ge=1, description="Database connections per process (on SQLite each is one thread of aiosqlite's)."
+    )
 
     max_source_bytes: int = Field(
         5 * 1024 * 1024, gt=0, description="Largest Markdown content of one source, in UTF-8 bytes (422)."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,9 +17,10 @@ from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolResetState
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.util import await_
+from sqlalchemy.util.queue import Empty, Full, QueueCommon
 
 from privategpt.config import Settings
 
@@ -134,6 +136,71 @@ class _SQLiteDialect(SQLiteDialect_aiosqlite):
             dbapi_connection.rollback()
 
 
+class _ArrivalOrderQueue(QueueCommon[ConnectionPoolEntry]):
+    """The pool's idle connections, handed to the requests waiting for one strictly in arrival order.
+
+    SQLAlchemy's asyncio pool queue (an `asyncio.Queue`) wakes the longest waiter when a connection comes back,
+    but a request arriving before that waiter runs takes the connection first, and the waiter queues again at
+    the back. Under a closed loop of 25 clients per process with 16 connections, some requests waited while 100
+    and more others were served, and `GET /groups` p99 was 5-8 times its p50 (docs/benchmarks.md). Here a
+    returned connection goes straight to the longest waiter, so an idle connection exists only when nobody waits.
+    """
+
+    def __init__(self, maxsize: int = 0, use_lifo: bool = False) -> None:
+        self.maxsize = maxsize
+        self.use_lifo = use_lifo
+        self._idle: deque[ConnectionPoolEntry] = deque()
+        self._waiters: deque[asyncio.Future[ConnectionPoolEntry]] = deque()
+
+    def empty(self) -> bool:
+        return not self._idle
+
+    def full(self) -> bool:
+        return 0 < self.maxsize <= len(self._idle)
+
+    def qsize(self) -> int:
+        return len(self._idle)
+
+    def put_nowait(self, item: ConnectionPoolEntry) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # a cancelled or timed-out waiter has left the line
+                waiter.set_result(item)
+                return
+        if self.full():
+            raise Full()
+        self._idle.append(item)
+
+    def put(self, item: ConnectionPoolEntry, block: bool = True, timeout: float | None = None) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> ConnectionPoolEntry:
+        if not self._idle:
+            raise Empty()
+        return self._idle.pop() if self.use_lifo else self._idle.popleft()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> ConnectionPoolEntry:
+        if self._idle or not block:
+            return self.get_nowait()
+        waiter: asyncio.Future[ConnectionPoolEntry] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await_(asyncio.wait_for(waiter, timeout))
+        except BaseException as exc:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled():
+                # Handed a connection just as the wait ended (timeout, cancelled request): pass it on.
+                self.put_nowait(waiter.result())
+            if isinstance(exc, TimeoutError):
+                raise Empty() from None
+            raise
+
+
+class _ArrivalOrderPool(AsyncAdaptedQueuePool):
+    _queue_class = _ArrivalOrderQueue
+
+
 _SQLITE_DIALECT = "sqlite.privategpt_aiosqlite"
 registry.register(_SQLITE_DIALECT, __name__, "_SQLiteDialect")
 
@@ -147,8 +214,12 @@ def create_engine(settings: Settings) -> AsyncEngine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
             make_url(url).set(drivername=_SQLITE_DIALECT.replace(".", "+")),
-            pool_size=8,
-            max_overflow=8,
+            poolclass=_ArrivalOrderPool,
+            pool_size=settings.db_pool_size,
+            # No overflow connections: one was closed whenever enough others sat idle, and the next busy moment
+            # opened it again (a thread, the file, four PRAGMAs) inside some request, which then waited while
+            # dozens of others were served. Measured in docs/benchmarks.md (issue 3).
+            max_overflow=0,
             pool_timeout=60,
             pool_reset_on_return=None,
             # Every statement still runs in aiosqlite's own thread; this only lets the pool's reset handler
@@ -159,8 +230,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         return engine
     return create_async_engine(
         url,
+        poolclass=_ArrivalOrderPool,
         pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
+        max_overflow=0,
         pool_pre_ping=True,
         pool_timeout=60,
     )

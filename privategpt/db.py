@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections import deque
@@ -199,6 +200,11 @@ class _ArrivalOrderQueue(QueueCommon[ConnectionPoolEntry]):
 
 class _ArrivalOrderPool(AsyncAdaptedQueuePool):
     _queue_class = _ArrivalOrderQueue
+
+
+# SQLAlchemy names a pool's logger after its class, so this one would log under `privategpt`, which is at INFO:
+# keep it as quiet as SQLAlchemy's own pool (its connect/dispose notes are for `echo_pool` debugging).
+logging.getLogger(f"{__name__}.{_ArrivalOrderPool.__name__}").setLevel(logging.WARNING)
 
 
 _SQLITE_DIALECT = "sqlite.privategpt_aiosqlite"

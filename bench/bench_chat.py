@@ -61,7 +61,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E40
 from privategpt.config import to_async_url  # noqa: E402
 from privategpt.embeddings.local import DIMENSION, MODEL_NAME  # noqa: E402
 from privategpt.rag import index_prepared_many, prepare_source  # noqa: E402
-from privategpt.rag.vectors import _hnsw_index_name, activate_model, register_model, write_vectors  # noqa: E402
+from privategpt.rag.vectors import activate_model, register_model, write_vectors  # noqa: E402
 
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
 ADMIN_EMAIL = "bench-admin@example.com"
@@ -386,9 +386,6 @@ async def _add_vectors(engine: AsyncEngine) -> None:
     """
     async with engine.begin() as conn:
         model = await register_model(conn, MODEL_NAME, DIMENSION)
-        if conn.dialect.name == "postgresql":
-            # Bulk-building the HNSW index after the load is several times faster than growing it.
-            await conn.execute(text(f"DROP INDEX IF EXISTS {_hnsw_index_name(model.id)}"))
         ids = [int(r[0]) for r in await conn.execute(text("SELECT id FROM rag_chunks ORDER BY id"))]
     rng = np.random.default_rng(42)
     for start in range(0, len(ids), 5000):

@@ -41,10 +41,9 @@ from bench_retrieval import GROUPS, _build, _queries, _rss_mb, bench_database, e
 from privategpt.embeddings.base import Vectors
 from privategpt.rag.hybrid import DenseIndex, retrieve
 from privategpt.rag.retrieval import RetrievalScope
-from privategpt.rag.vector_schema import vector_ddl_for
+from privategpt.rag.vector_schema import postgres_vector_log_ddl, vector_ddl_for
 from privategpt.rag.vectors import (
     EmbeddingModel,
-    _hnsw_index_name,
     activate_model,
     count_missing_vectors,
     list_models,
@@ -87,9 +86,6 @@ async def _add_vectors(url: str, kind: str) -> None:
         if model.state == "active" and await count_missing_vectors(conn, model.id) == 0:
             await engine.dispose()
             return
-        if dialect == "postgresql":
-            # Bulk-building the HNSW index after the load is several times faster than growing it.
-            await conn.execute(text(f"DROP INDEX IF EXISTS {_hnsw_index_name(model.id)}"))
         ids = [int(r[0]) for r in await conn.execute(text("SELECT id FROM rag_chunks ORDER BY id"))]
     rng = np.random.default_rng(42)
     started = time.perf_counter()
@@ -101,11 +97,8 @@ async def _add_vectors(url: str, kind: str) -> None:
     print(f"\n  wrote {len(ids)} vectors in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     started = time.perf_counter()
     async with engine.begin() as conn:
-        if dialect == "postgresql":
-            await conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '1GB'")
-        await register_model(conn, _model_name(kind), DIM)  # creates the model's HNSW index again
         await activate_model(conn, model.id)
-    print(f"  index built and model activated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    print(f"  model activated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if dialect == "postgresql":
         async with engine.connect() as conn:
             await (await conn.execution_options(isolation_level="AUTOCOMMIT")).exec_driver_sql("VACUUM ANALYZE")
@@ -115,9 +108,28 @@ async def _add_vectors(url: str, kind: str) -> None:
     await engine.dispose()
 
 
+async def ensure_vector_log(url: str) -> None:
+    """PostgreSQL's vector change log (migration 0008) on databases built before it, without their HNSW
+    indexes (which dense search no longer walks, and which every vector write would keep growing)."""
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql" and await conn.run_sync(
+            lambda sync: sa_inspect(sync).has_table("rag_vectors")
+        ):
+            for statement in postgres_vector_log_ddl():
+                await conn.exec_driver_sql(statement)
+            names = await conn.execute(
+                text("SELECT indexname FROM pg_indexes WHERE starts_with(indexname, 'ix_rag_vectors_hnsw_')")
+            )
+            for (name,) in names.all():
+                await conn.exec_driver_sql(f'DROP INDEX IF EXISTS "{name}"')
+    await engine.dispose()
+
+
 def _load_in_child(url: str, n_chunks: int, with_chunks: bool, kind: str) -> None:
     if with_chunks:
         asyncio.run(_build(url, n_chunks))
+    asyncio.run(ensure_vector_log(url))
     asyncio.run(_add_vectors(url, kind))
 
 

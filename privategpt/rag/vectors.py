@@ -4,18 +4,19 @@ Vectors are float32 and L2-normalised (`privategpt.embeddings.base`), so the inn
 similarity. Every search carries the caller's access scope (the same SQL as BM25, from
 `privategpt.rag.store`), and a caller who may see few chunks among many still gets their `k` best.
 
-SQLite: vectors are BLOBs; each process keeps one numpy matrix per searched model and brings it up to
-date before every query from `rag_vector_log` (triggers record every insert and delete of a vector, also
-those cascaded from a deleted or re-ingested source) past its watermark. Small scopes score only the
-visible chunks (their ids come from SQL, their vectors from the matrix); large scopes score the whole
+Both databases are searched through one in-process numpy matrix per searched model, which each process
+brings up to date before every query from `rag_vector_log` (triggers record every insert, update and
+delete of a vector, also those cascaded from a deleted or re-ingested source). Small scopes score only the
+visible chunks (their sources come from SQL, their vectors from the matrix); large scopes score the whole
 matrix and check the best candidates' visibility in SQL, widening the candidate set until `k` are found.
+Every search is exact, and the access rule is applied by the database in the caller's transaction.
 
-PostgreSQL: pgvector. Small scopes are an exact scan inside the access join (`<#>`, the negative inner
-product); large scopes walk a per-model HNSW index (partial on the model, on the vector cast to the model's
-dimension) for `ef_search` neighbours and filter them by the scope, asking for four times more while
-fewer than `k` survive, and fall back to the exact scan past pgvector's largest `ef_search` (0.6 has no
-iterative scans), so a result is never short. Large-scope results are approximate (HNSW), their count
-is not.
+What differs is how a process knows what changed. SQLite (vectors as BLOBs) has one writer at a time, so
+log ids are in commit order and a process keeps an id watermark. PostgreSQL (pgvector `vector` columns)
+assigns ids before commit, so its log records each entry's transaction and a process keeps the `xmin` of
+the last snapshot it read the log in (every older transaction is applied) plus the newer transactions it
+has applied. A PostgreSQL transaction that has itself written vectors of the model and not committed them
+searches by an exact pgvector scan instead (the shared matrix holds committed state only).
 
 See docs/retrieval.md ("Dense vectors") for the measurements behind the thresholds.
 """
@@ -60,19 +61,14 @@ Matrix = npt.NDArray[np.float32]
 
 MAX_NAME_LENGTH = 255
 MAX_DIMENSION = 16_000
-# pgvector 0.6 indexes vectors of at most 2,000 dimensions with HNSW; larger models are searched exactly.
-MAX_HNSW_DIMENSION = 2000
-# Up to this many visible chunks, a search scores exactly the visible ones (both databases).
+# Up to this many visible chunks, a search scores only the visible ones' rows.
 SMALL_SCOPE = 4000
-# SQLite: also up to this share of the model's vectors. Gathering the visible rows of the matrix and
-# scoring them costs about 2.5 times as much per row as scoring the whole matrix in place, and saves the
-# large plan's visibility checks, so scopes up to ~40 % are cheaper scored row by row.
-SQLITE_GATHER_SHARE = 0.4
-# pgvector's largest ef_search; a scope so narrow that it would need more is a small scope anyway.
-MAX_EF_SEARCH = 1000
-MIN_EF_SEARCH = 40
-# The SQLite change log is pruned when it holds this many entries past the last prune point, down to
-# the most recent LOG_KEEP; a process whose watermark is older reloads its matrix from the table.
+# Also up to this share of the model's vectors. Gathering the visible rows of the matrix and scoring them
+# costs about 2.5 times as much per row as scoring the whole matrix in place, and saves the large plan's
+# visibility checks, so scopes up to ~40 % are cheaper scored row by row.
+GATHER_SHARE = 0.4
+# The change log is pruned when it holds this many entries past the last prune point, down to the most
+# recent LOG_KEEP; a process that has not applied what a prune deleted reloads its matrix from the table.
 LOG_PRUNE_AT = 1_000_000
 LOG_KEEP = 250_000
 # Candidates whose visibility the first round of a large-scope SQLite search checks, per result asked
@@ -80,7 +76,7 @@ LOG_KEEP = 250_000
 FIRST_CANDIDATES_PER_K = 2
 MAX_FIRST_CANDIDATES = 4000
 _SQLITE_ROWS_PER_INSERT = 400
-# Rows per matrix-vector product (SQLite): 1,024 x 384 float32 is 1.5 MB, and below OpenBLAS's threading.
+# Rows per matrix-vector product: 1,024 x 384 float32 is 1.5 MB, and below OpenBLAS's threading.
 _SCORE_BLOCK = 1024
 _PG_ROWS_PER_INSERT = 2000
 
@@ -131,23 +127,6 @@ async def get_model(conn: AsyncConnection, model_id: int) -> EmbeddingModel:
     return _model(row)
 
 
-def _hnsw_index_name(model_id: int) -> str:
-    return f"ix_rag_vectors_hnsw_{int(model_id)}"
-
-
-async def _create_hnsw_index(conn: AsyncConnection, model: EmbeddingModel) -> None:
-    if conn.dialect.name != "postgresql" or model.dimension > MAX_HNSW_DIMENSION:
-        return
-    # One index per model: the column has no fixed dimension, so the index is on the vector cast to the
-    # model's dimension and partial on the model; queries must repeat this very expression to use it.
-    await conn.execute(
-        text(
-            f"CREATE INDEX IF NOT EXISTS {_hnsw_index_name(model.id)} ON rag_vectors USING hnsw "
-            f"((embedding::vector({int(model.dimension)})) vector_ip_ops) WHERE model_id = {int(model.id)}"
-        )
-    )
-
-
 async def register_model(conn: AsyncConnection, name: str, dimension: int) -> EmbeddingModel:
     """Record a model; an existing (name, dimension) is returned as is, except that a retired one builds again.
 
@@ -180,7 +159,6 @@ async def register_model(conn: AsyncConnection, name: str, dimension: int) -> Em
     if model.state == "retired":
         await conn.execute(text("UPDATE rag_embedding_models SET state = 'building' WHERE id = :id"), {"id": model.id})
         model = EmbeddingModel(model.id, model.name, model.dimension, "building")
-    await _create_hnsw_index(conn, model)
     return model
 
 
@@ -198,10 +176,7 @@ async def activate_model(conn: AsyncConnection, model_id: int) -> None:
     ]
     for old_id in previous:
         await conn.execute(text("DELETE FROM rag_vectors WHERE model_id = :id"), {"id": old_id})
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text(f"DROP INDEX IF EXISTS {_hnsw_index_name(old_id)}"))
     await conn.execute(text("UPDATE rag_embedding_models SET state = 'active' WHERE id = :id"), {"id": model_id})
-    await _create_hnsw_index(conn, EmbeddingModel(model.id, model.name, model.dimension, "active"))
 
 
 # -- chunks to embed ----------------------------------------------------------------------------------
@@ -313,8 +288,19 @@ async def _prune_log(conn: AsyncConnection) -> None:
     if newest - pruned < LOG_PRUNE_AT:
         return
     through = newest - LOG_KEEP
-    await conn.execute(text("DELETE FROM rag_vector_log WHERE id <= :t"), {"t": through})
-    await conn.execute(text("UPDATE rag_vector_log_state SET pruned_through = :t WHERE id = 1"), {"t": through})
+    if conn.dialect.name == "sqlite":
+        await conn.execute(text("DELETE FROM rag_vector_log WHERE id <= :t"), {"t": through})
+        await conn.execute(text("UPDATE rag_vector_log_state SET pruned_through = :t WHERE id = 1"), {"t": through})
+        return
+    # PostgreSQL: readers that have not applied every transaction up to the newest one pruned reload.
+    await conn.execute(
+        text(
+            "WITH d AS (DELETE FROM rag_vector_log WHERE id <= :t RETURNING xid) "
+            "UPDATE rag_vector_log_state SET pruned_through = :t, pruned_xid = greatest(pruned_xid, "
+            "coalesce((SELECT xid FROM d ORDER BY xid DESC LIMIT 1), '0')) WHERE id = 1"
+        ),
+        {"t": through},
+    )
 
 
 async def _write_postgres(conn: AsyncConnection, model_id: int, items: list[tuple[int, Matrix]]) -> int:
@@ -342,6 +328,7 @@ async def _write_postgres(conn: AsyncConnection, model_id: int, items: list[tupl
             {"model": model_id, "c": [c for c, _ in kept], "v": [_pg_literal(v) for _, v in kept]},
         )
         written += len(kept)
+    await _prune_log(conn)
     return written
 
 
@@ -448,14 +435,10 @@ async def start_dense(
         return _done([])
     if k <= 0 or scope.is_empty:
         return _done([])
-    if conn.dialect.name == "sqlite":
-        return await _start_sqlite(conn, model, q, scope, k, small_scope)
-    limit = SMALL_SCOPE if small_scope is None else small_scope
-
-    async def finish(conn: AsyncConnection) -> list[tuple[int, float]]:
-        return await _search_postgres(conn, model, q, scope, k, limit)
-
-    return PendingDense(finish)
+    index = await _current_index(conn, model)
+    if index is None:
+        return _done(await _search_postgres_exact(conn, model, q, scope, k))
+    return await _start_matrix(conn, index, q, scope, k, small_scope)
 
 
 async def search_dense(
@@ -470,14 +453,14 @@ async def search_dense(
     """The `k` chunks in scope most similar to the query: (chunk id, cosine similarity), best first, ties
     by chunk id. Fewer than `k` only when fewer chunks in scope have a vector of this model.
 
-    Scopes of up to `small_scope` visible chunks are scored exhaustively; by default SMALL_SCOPE on
-    PostgreSQL and on SQLite the larger of that and SQLITE_GATHER_SHARE of the model's vectors (tests
-    lower it to reach the large-scope paths on small corpora)."""
+    Scopes of up to `small_scope` visible chunks have only their rows scored; by default the larger of
+    SMALL_SCOPE and GATHER_SHARE of the model's vectors (tests lower it to reach the large-scope path on
+    small corpora)."""
     pending = await start_dense(conn, model_id, query, scope, k, small_scope=small_scope)
     return await pending.result(conn)
 
 
-# -- SQLite: the in-process index ----------------------------------------------------------------------
+# -- the in-process index -----------------------------------------------------------------------------
 
 
 class _DenseIndex:
@@ -486,7 +469,13 @@ class _DenseIndex:
     def __init__(self, instance: str, dimension: int) -> None:
         self.instance = instance
         self.dimension = dimension
+        # SQLite: the log id applied through (-1: not loaded yet).
         self.watermark = -1
+        # PostgreSQL: every transaction below `xmin` is applied, and those in `seen` (>= xmin); `version`
+        # counts the changes applied, so that a refresh read before another one applied is not applied.
+        self.xmin = 0
+        self.seen: set[int] = set()
+        self.version = 0
         self.lock = threading.Lock()
         self.matrix: Matrix = np.zeros((0, dimension), dtype=np.float32)
         self.ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
@@ -512,20 +501,21 @@ class _DenseIndex:
         sources[: self.size] = self.sources[: self.size]
         self.matrix, self.ids, self.sources = matrix, ids, sources
 
-    def apply(self, changes: Sequence[tuple[int, bytes | None, str | None]]) -> None:
+    def apply(self, changes: Sequence[tuple[int, Matrix | None, str | None]]) -> None:
         """Set each chunk's vector and source (None: the chunk has no vector any more)."""
-        new = [c for c, blob, _ in changes if blob is not None and c not in self.rows]
+        self.version += 1
+        new = [c for c, vector, _ in changes if vector is not None and c not in self.rows]
         self.reserve(max(0, len(new) - len(self.free)))
-        for chunk_id, blob, source_id in changes:
+        for chunk_id, vector, source_id in changes:
             row = self.rows.get(chunk_id)
-            if blob is None or source_id is None:
+            if vector is None or source_id is None:
                 if row is not None:
                     del self.rows[chunk_id]
                     self.ids[row] = -1
                     self.matrix[row] = 0.0
                     self.free.append(row)
                 continue
-            if len(blob) != 4 * self.dimension:
+            if vector.shape != (self.dimension,):
                 continue
             if row is None:
                 if self.free:
@@ -535,7 +525,7 @@ class _DenseIndex:
                     self.size += 1
                 self.rows[chunk_id] = row
                 self.ids[row] = chunk_id
-            self.matrix[row] = np.frombuffer(blob, dtype=np.float32)
+            self.matrix[row] = vector
             key = self.source_keys.get(source_id)
             if key is None:
                 key = self.source_keys[source_id] = len(self.source_names)
@@ -572,8 +562,40 @@ def _database_key(conn: AsyncConnection) -> str:
     return conn.engine.url.render_as_string(hide_password=True)
 
 
-async def _current_index(conn: AsyncConnection, model: EmbeddingModel) -> _DenseIndex:
-    """This process's index of the model, brought up to the database's latest committed state."""
+# How each database hands a vector over: SQLite's BLOB is the float32 array itself; pgvector's binary
+# form (`vector_send`) is a 4-byte header (dimension, unused) and big-endian float32 values.
+_VECTOR_SQL = {"sqlite": "v.vector", "postgresql": "vector_send(v.embedding)"}
+
+
+def _decode(dialect: str, blob: Any) -> Matrix:
+    if dialect == "sqlite":
+        return np.frombuffer(blob, dtype=np.float32)
+    return cast(Matrix, np.frombuffer(blob, dtype=">f4", offset=4))
+
+
+def _changes(dialect: str, rows: Any) -> list[tuple[int, Matrix | None, str | None]]:
+    return [
+        (int(c), None if v is None else _decode(dialect, v), None if sid is None else str(sid)) for c, v, sid in rows
+    ]
+
+
+async def _current_index(conn: AsyncConnection, model: EmbeddingModel) -> _DenseIndex | None:
+    """This process's index of the model, brought up to the database's latest committed state; None on
+    PostgreSQL when this transaction has written vectors of the model that it has not committed."""
+    if conn.dialect.name == "sqlite":
+        return await _current_index_sqlite(conn, model)
+    return await _current_index_postgres(conn, model)
+
+
+def _index_for(key: tuple[str, int], instance: str, dimension: int) -> _DenseIndex:
+    with _INDEXES_LOCK:
+        index = _INDEXES.get(key)
+        if index is None or index.instance != instance or index.dimension != dimension:
+            index = _INDEXES[key] = _DenseIndex(instance, dimension)
+        return index
+
+
+async def _current_index_sqlite(conn: AsyncConnection, model: EmbeddingModel) -> _DenseIndex | None:
     state = (
         await conn.execute(
             text(
@@ -583,22 +605,13 @@ async def _current_index(conn: AsyncConnection, model: EmbeddingModel) -> _Dense
         )
     ).one()
     newest, instance, pruned = int(state[0] or 0), str(state[1]), int(state[2])
-    database = _database_key(conn)
-    key = (database, model.id)
-    with _INDEXES_LOCK:
-        index = _INDEXES.get(key)
-        if index is None or index.instance != instance or index.dimension != model.dimension:
-            index = _INDEXES[key] = _DenseIndex(instance, model.dimension)
+    key = (_database_key(conn), model.id)
+    index = _index_for(key, instance, model.dimension)
     if index.watermark >= newest and index.watermark >= 0:
         return index
     if index.watermark < pruned or index.watermark < 0 or index.watermark > newest:
         # First use, or the log no longer reaches back to our watermark (or the database was replaced).
-        # One load at a time: concurrent first queries would each hold a copy of every vector.
-        async with _load_lock(key):
-            current = _INDEXES.get(key)
-            if current is not None and current is not index and current.watermark >= 0:
-                return await _current_index(conn, model)  # loaded meanwhile: only bring it up to date
-            return await _load_whole(conn, key, instance, model, newest)
+        return await _load_once(conn, index, model, ("watermark", newest))
     start = index.watermark
     # The current state of every chunk the log mentions past the watermark, not a replay of the log:
     # applying it is idempotent, whatever another connection of this process applied meanwhile.
@@ -611,11 +624,11 @@ async def _current_index(conn: AsyncConnection, model: EmbeddingModel) -> _Dense
         ),
         {"m": model.id, "lo": start, "hi": newest},
     )
-    changes = [(int(c), None if v is None else bytes(v), None if sid is None else str(sid)) for c, v, sid in rows]
+    changes = _changes("sqlite", rows)
     pruned = int((await conn.execute(text("SELECT pruned_through FROM rag_vector_log_state"))).scalar_one())
     if pruned > start:
         # A writer pruned the log while we read it: what we read may lack entries.
-        return await _load_whole(conn, key, instance, model, newest)
+        return await _load_whole(conn, key, instance, model, ("watermark", newest))
     with index.lock:
         if index.watermark < newest:
             index.apply(changes)
@@ -623,11 +636,92 @@ async def _current_index(conn: AsyncConnection, model: EmbeddingModel) -> _Dense
     return index
 
 
+# A transaction id above any real one: asks the log for no transactions (the index is not loaded yet).
+_NO_XID = 2**62
+
+
+async def _current_index_postgres(conn: AsyncConnection, model: EmbeddingModel) -> _DenseIndex | None:
+    key = (_database_key(conn), model.id)
+    for _ in range(8):
+        known = _INDEXES.get(key)
+        loaded = known is not None and known.watermark >= 0
+        # One statement, one snapshot: its xmin, and the committed transactions at or above our `xmin`
+        # that have logged changes of this model (those in `seen` are applied already).
+        state = (
+            await conn.execute(
+                text(
+                    "SELECT s.instance, s.pruned_xid::text, pg_snapshot_xmin(pg_current_snapshot())::text, "
+                    "EXISTS (SELECT 1 FROM rag_vector_log WHERE model_id = :m "
+                    "AND xid = pg_current_xact_id_if_assigned()), "
+                    "ARRAY(SELECT DISTINCT xid::text FROM rag_vector_log WHERE model_id = :m "
+                    "AND xid >= CAST(:lo AS xid8) AND xid IS DISTINCT FROM pg_current_xact_id_if_assigned()) "
+                    "FROM rag_vector_log_state s WHERE s.id = 1"
+                ),
+                {"m": model.id, "lo": known.xmin if known is not None and loaded else _NO_XID},
+            )
+        ).one()
+        instance, pruned_xid, xmin, own = str(state[0]), int(state[1]), int(state[2]), bool(state[3])
+        if own:
+            return None
+        index = _index_for(key, instance, model.dimension)
+        if index is not known or not loaded or index.xmin <= pruned_xid:
+            # First use, another database, or a prune deleted entries we may not have applied. Every
+            # transaction below `xmin` is visible to the load's later statements.
+            return await _load_once(conn, index, model, ("xmin", xmin))
+        version = index.version
+        new = {int(x) for x in state[4]} - index.seen
+        changes: list[tuple[int, Matrix | None, str | None]] = []
+        if new:
+            rows = await conn.execute(
+                text(
+                    "SELECT l.chunk_id, vector_send(v.embedding), c.source_id FROM (SELECT DISTINCT chunk_id "
+                    "FROM rag_vector_log WHERE model_id = :m AND xid = ANY(CAST(:x AS xid8[]))) AS l "
+                    "LEFT JOIN rag_vectors v ON v.model_id = :m AND v.chunk_id = l.chunk_id "
+                    "LEFT JOIN rag_chunks c ON c.id = v.chunk_id"
+                ),
+                {"m": model.id, "x": sorted(new)},
+            )
+            changes = _changes("postgresql", rows)
+            pruned = (await conn.execute(text("SELECT pruned_xid::text FROM rag_vector_log_state"))).scalar_one()
+            if int(pruned) >= index.xmin:
+                continue  # pruned while we read: load whole on the next round
+        with index.lock:
+            if index.version != version:
+                continue  # another query of this process applied a later state meanwhile: read again
+            if changes:
+                index.apply(changes)
+            index.seen |= new
+            if xmin > index.xmin:
+                index.xmin = xmin
+                index.seen = {x for x in index.seen if x >= xmin}
+        return index
+    raise RuntimeError("the dense index could not be brought up to date (the vector log keeps changing)")
+
+
+async def _load_once(
+    conn: AsyncConnection, index: _DenseIndex, model: EmbeddingModel, position: tuple[str, int]
+) -> _DenseIndex | None:
+    """`_load_whole` in place of the unloaded `index`, one load at a time: concurrent first queries would
+    each hold a copy of every vector."""
+    key = (_database_key(conn), model.id)
+    async with _load_lock(key):
+        current = _INDEXES.get(key)
+        if current is None or current is index or current.watermark < 0:
+            return await _load_whole(conn, key, index.instance, model, position)
+    return await _current_index(conn, model)  # loaded meanwhile: only bring it up to date
+
+
 async def _load_whole(
-    conn: AsyncConnection, key: tuple[str, int], instance: str, model: EmbeddingModel, newest: int
+    conn: AsyncConnection,
+    key: tuple[str, int],
+    instance: str,
+    model: EmbeddingModel,
+    position: tuple[str, int],
 ) -> _DenseIndex:
-    """Load the model's vectors whole, as of log id `newest` (read before the vectors: anything that
-    commits in between is also in the log past it, and applied again, idempotently, next time)."""
+    """Load the model's vectors whole; `position` is the log position read before, (attribute, value)
+    (anything that commits in between is also in the log past it, and applied again, idempotently,
+    next time)."""
+    dialect = conn.dialect.name
     fresh = _DenseIndex(instance, model.dimension)
     total = (
         await conn.execute(text("SELECT count(*) FROM rag_vectors WHERE model_id = :m"), {"m": model.id})
@@ -636,14 +730,15 @@ async def _load_whole(
     # Streamed in slices: the whole table's blobs at once would double the process's peak memory.
     stream = await conn.stream(
         text(
-            "SELECT v.chunk_id, v.vector, c.source_id FROM rag_vectors v JOIN rag_chunks c ON c.id = v.chunk_id "
-            "WHERE v.model_id = :m"
+            f"SELECT v.chunk_id, {_VECTOR_SQL[dialect]}, c.source_id FROM rag_vectors v "
+            "JOIN rag_chunks c ON c.id = v.chunk_id WHERE v.model_id = :m"
         ),
         {"m": model.id},
     )
     async for part in stream.partitions(4096):
-        fresh.apply([(int(c), bytes(v), str(sid)) for c, v, sid in part])
-    fresh.watermark = newest
+        fresh.apply(_changes(dialect, part))
+    fresh.watermark = 0
+    setattr(fresh, *position)
     live = await _live_models(conn)
     with _INDEXES_LOCK:
         _INDEXES[key] = fresh
@@ -669,11 +764,10 @@ def _remember_share(hint: tuple[str, frozenset[int], bool, int], share: float) -
     _SHARES[hint] = share
 
 
-async def _start_sqlite(
-    conn: AsyncConnection, model: EmbeddingModel, q: Matrix, scope: RetrievalScope, k: int, small_scope: int | None
+async def _start_matrix(
+    conn: AsyncConnection, index: _DenseIndex, q: Matrix, scope: RetrievalScope, k: int, small_scope: int | None
 ) -> PendingDense:
-    index = await _current_index(conn, model)
-    limit = small_scope if small_scope is not None else max(SMALL_SCOPE, int(SQLITE_GATHER_SHARE * index.size))
+    limit = small_scope if small_scope is not None else max(SMALL_SCOPE, int(GATHER_SHARE * index.size))
     if _known_large(conn, scope, limit) is None:
         # The share of sources in scope (two counts, an over-estimate) rules out most large scopes before
         # their sources are listed: listing 10,000 of them costs more than a whole large-scope search.
@@ -691,7 +785,7 @@ async def _start_sqlite(
     scored = asyncio.get_running_loop().run_in_executor(_SCORING, _score_all, index, q)
 
     async def finish(conn: AsyncConnection) -> list[tuple[int, float]]:
-        return await _search_sqlite_large(conn, index, await scored, scope, k)
+        return await _search_large(conn, index, await scored, scope, k)
 
     return PendingDense(finish)
 
@@ -737,7 +831,7 @@ def _scores(matrix: Matrix, q: Matrix, rows: npt.NDArray[np.intp] | None, count:
     return out
 
 
-async def _search_sqlite_large(
+async def _search_large(
     conn: AsyncConnection,
     index: _DenseIndex,
     scored: tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], Matrix],
@@ -779,44 +873,15 @@ async def _search_sqlite_large(
     return _best(np.array(found_ids, dtype=np.int64), np.array(found_scores, dtype=np.float32), k)
 
 
-# -- PostgreSQL: pgvector ------------------------------------------------------------------------------
-
-
-async def _search_postgres(
-    conn: AsyncConnection, model: EmbeddingModel, q: Matrix, scope: RetrievalScope, k: int, small_scope: int
-) -> list[tuple[int, float]]:
-    literal = _pg_literal(q)
-    visible = _known_large(conn, scope, small_scope)
-    if visible is None:
-        visible = await _sql_store(conn).count_visible(conn, scope, small_scope)
-        if visible > small_scope:
-            _remember_large(conn, scope, small_scope, visible)
-    if visible > small_scope and model.dimension <= MAX_HNSW_DIMENSION:
-        # pgvector 0.6 cannot resume a walk (no iterative scans): each round asks HNSW for `ef` neighbours
-        # afresh, sized from the share of neighbours found in scope (this scope's last search, then this
-        # round's), until `k` of them are in scope. A scope too narrow for MAX_EF_SEARCH goes straight to
-        # the exact scan below, after its first search has measured its share.
-        hint = _scope_key(conn, scope, 0)
-        share = _SHARES.get(hint, 1.0)
-        ef = max(MIN_EF_SEARCH, math.ceil(1.5 * k / share))
-        while ef <= MAX_EF_SEARCH:
-            walked, result = await _search_postgres_hnsw(conn, model, literal, scope, ef)
-            share = max(len(result), 1) / max(walked, 1)
-            if len(result) >= k or walked < ef:
-                _remember_share(hint, share)
-                if len(result) >= k:
-                    return result[:k]
-                break
-            ef = max(2 * ef, math.ceil(1.5 * k / share))
-        _remember_share(hint, share)
-    return await _search_postgres_exact(conn, model, literal, scope, k)
+# -- PostgreSQL: this transaction's own vectors ------------------------------------------------------
 
 
 async def _search_postgres_exact(
-    conn: AsyncConnection, model: EmbeddingModel, literal: str, scope: RetrievalScope, k: int
+    conn: AsyncConnection, model: EmbeddingModel, q: Matrix, scope: RetrievalScope, k: int
 ) -> list[tuple[int, float]]:
+    """An exact pgvector scan inside the access join, for a transaction that has written vectors of the
+    model and not committed them (the shared matrix holds committed state only)."""
     store = _sql_store(conn)
-    # The untyped cast keeps the planner off the HNSW index: this scan is exact.
     sql = (
         f"WITH vs AS ({store._visible_sources(scope)}), "
         "d AS (SELECT v.chunk_id, v.embedding <#> CAST(:q AS vector) AS distance "
@@ -824,29 +889,6 @@ async def _search_postgres_exact(
         "JOIN rag_vectors v ON v.model_id = :m AND v.chunk_id = c.id WHERE s.state = 'vectorized') "
         "SELECT chunk_id, distance FROM d ORDER BY distance, chunk_id LIMIT :k"
     )
-    params = {**store._scope_params(scope), "q": literal, "m": model.id, "k": k}
+    params = {**store._scope_params(scope), "q": _pg_literal(q), "m": model.id, "k": k}
     rows = await conn.execute(text(sql), params)
     return [(int(c), -float(d)) for c, d in rows]
-
-
-async def _search_postgres_hnsw(
-    conn: AsyncConnection, model: EmbeddingModel, literal: str, scope: RetrievalScope, ef: int
-) -> tuple[int, list[tuple[int, float]]]:
-    """How many neighbours HNSW returned (at most `ef`), and those in scope, best first."""
-    store = _sql_store(conn)
-    dim = int(model.dimension)
-    await conn.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef)})
-    # The ORDER BY repeats the index's expression (cast to the model's dimension) and the model id is a
-    # literal, so the planner can use the partial HNSW index.
-    sql = (
-        "WITH n AS MATERIALIZED (SELECT chunk_id, "
-        f"(embedding::vector({dim})) <#> CAST(:q AS vector({dim})) AS distance FROM rag_vectors "
-        f"WHERE model_id = {int(model.id)} ORDER BY (embedding::vector({dim})) <#> CAST(:q AS vector({dim})) "
-        "LIMIT :ef) "
-        f"SELECT n.chunk_id, n.distance, coalesce({store._visible(scope)}, false) FROM n "
-        "LEFT JOIN rag_chunks c ON c.id = n.chunk_id LEFT JOIN sources s ON s.id = c.source_id "
-        "ORDER BY n.distance, n.chunk_id"
-    )
-    params = {**store._scope_params(scope), "q": literal, "ef": ef}
-    rows = (await conn.execute(text(sql), params)).all()
-    return len(rows), [(int(c), -float(d)) for c, d, visible in rows if visible]

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from privategpt.embeddings.base import Embedder, Vectors
@@ -56,8 +55,12 @@ class DenseIndex:
 
     async def is_active(self, conn: AsyncConnection) -> bool:
         """Whether this model's vectors are the ones in service (not still being built after a change)."""
-        state = await conn.scalar(text("SELECT state FROM rag_embedding_models WHERE id = :id"), {"id": self.model.id})
-        return bool(state == "active")
+        return await self.active_model(conn) is not None
+
+    async def active_model(self, conn: AsyncConnection) -> EmbeddingModel | None:
+        """This model's row, as `vectors.start_dense` takes it, if its vectors are the ones in service."""
+        model = await vectors.find_model(conn, self.model.id)
+        return model if model is not None and model.state == "active" else None
 
 
 def passage_text(source_name: str, heading_path: Sequence[str], text: str) -> str:
@@ -169,7 +172,8 @@ async def retrieve(
     """
     if k <= 0 or scope.is_empty:
         return []
-    if mode != "sparse" and (dense is None or not await dense.is_active(conn)):
+    active = None if mode == "sparse" or dense is None else await dense.active_model(conn)
+    if active is None:
         mode = "sparse"
     if mode == "sparse" and reranker is None:
         return await retrieve_sparse(conn, query, scope, k, threshold, language=language, params=params)
@@ -180,12 +184,12 @@ async def retrieve(
         known = {c.chunk_id: c for c in sparse_chunks}
         ranked = [_Hit(c.chunk_id, c.score) for c in sparse_chunks]
     else:
-        assert dense is not None
+        assert dense is not None and active is not None
         if query_vector is None:
             query_vector = await dense.embedder.embed_query(query)
         # The dense search's arithmetic (SQLite: the in-process matrix) runs in a worker thread while
         # BM25 uses the connection; only the final chunks' texts are read.
-        pending = await vectors.start_dense(conn, dense.model.id, query_vector, scope, width)
+        pending = await vectors.start_dense(conn, active, query_vector, scope, width)
         sparse = []
         if mode == "hybrid":
             sparse = [

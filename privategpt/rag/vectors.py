@@ -115,16 +115,22 @@ async def list_models(conn: AsyncConnection) -> list[EmbeddingModel]:
     return [_model(r) for r in rows]
 
 
-async def get_model(conn: AsyncConnection, model_id: int) -> EmbeddingModel:
-    """The model with this id; ValueError when there is none."""
+async def find_model(conn: AsyncConnection, model_id: int) -> EmbeddingModel | None:
+    """The model with this id, if there is one."""
     row = (
         await conn.execute(
             text("SELECT id, name, dimension, state FROM rag_embedding_models WHERE id = :id"), {"id": model_id}
         )
     ).first()
-    if row is None:
+    return None if row is None else _model(row)
+
+
+async def get_model(conn: AsyncConnection, model_id: int) -> EmbeddingModel:
+    """The model with this id; ValueError when there is none."""
+    model = await find_model(conn, model_id)
+    if model is None:
         raise ValueError(f"unknown embedding model id {model_id}")
-    return _model(row)
+    return model
 
 
 async def register_model(conn: AsyncConnection, name: str, dimension: int) -> EmbeddingModel:
@@ -347,11 +353,12 @@ def _sql_store(conn: AsyncConnection) -> _SqlStore:
         raise ValueError(f"unsupported database dialect: {conn.dialect.name}") from None
 
 
-# Scopes found large, per process, for a few seconds, with their (capped) size: the verdict only picks
-# the plan and every plan returns `k` results, so a stale one costs time, never results. Counting the
-# visible chunks of a large scope costs about as much as the dense scoring itself.
-LARGE_SCOPE_TTL_S = 10.0
-_LARGE_SCOPES: dict[tuple[str, frozenset[int], bool, int], tuple[float, int]] = {}
+# Scopes' sizes in visible chunks (capped), per process, for a few seconds: the verdict only picks the
+# plan and every plan returns `k` results, so a stale one costs time, never results. Counting the
+# visible chunks of a large scope costs about as much as the dense scoring itself; a scope known small
+# is listed without the share-of-sources count first (one round trip fewer).
+SCOPE_SIZE_TTL_S = 10.0
+_SCOPE_SIZES: dict[tuple[str, frozenset[int], bool, int], tuple[float, int]] = {}
 # Per scope, the share of the best-scoring candidates that its last large-scope search found visible.
 _SHARES: dict[tuple[str, frozenset[int], bool, int], float] = {}
 
@@ -360,19 +367,19 @@ def _scope_key(conn: AsyncConnection, scope: RetrievalScope, cap: int) -> tuple[
     return (_database_key(conn), scope.group_ids, scope.include_public, cap)
 
 
-def _known_large(conn: AsyncConnection, scope: RetrievalScope, cap: int) -> int | None:
-    """The size recorded for a large scope within the last LARGE_SCOPE_TTL_S, else None."""
-    entry = _LARGE_SCOPES.get(_scope_key(conn, scope, cap))
+def _known_size(conn: AsyncConnection, scope: RetrievalScope, cap: int) -> int | None:
+    """The size recorded for a scope within the last SCOPE_SIZE_TTL_S, else None."""
+    entry = _SCOPE_SIZES.get(_scope_key(conn, scope, cap))
     return entry[1] if entry is not None and entry[0] > time.monotonic() else None
 
 
-def _remember_large(conn: AsyncConnection, scope: RetrievalScope, cap: int, size: int) -> None:
+def _remember_size(conn: AsyncConnection, scope: RetrievalScope, cap: int, size: int) -> None:
     now = time.monotonic()
-    if len(_LARGE_SCOPES) > 1000:
-        for key, (expires, _) in list(_LARGE_SCOPES.items()):
+    if len(_SCOPE_SIZES) > 1000:
+        for key, (expires, _) in list(_SCOPE_SIZES.items()):
             if expires <= now:
-                _LARGE_SCOPES.pop(key, None)
-    _LARGE_SCOPES[_scope_key(conn, scope, cap)] = (now + LARGE_SCOPE_TTL_S, size)
+                _SCOPE_SIZES.pop(key, None)
+    _SCOPE_SIZES[_scope_key(conn, scope, cap)] = (now + SCOPE_SIZE_TTL_S, size)
 
 
 async def _visible_sources_among(conn: AsyncConnection, scope: RetrievalScope, source_ids: Sequence[str]) -> set[str]:
@@ -419,15 +426,17 @@ def _done(hits: list[tuple[int, float]]) -> PendingDense:
 
 async def start_dense(
     conn: AsyncConnection,
-    model_id: int,
+    model: int | EmbeddingModel,
     query: npt.ArrayLike,
     scope: RetrievalScope,
     k: int,
     *,
     small_scope: int | None = None,
 ) -> PendingDense:
-    """Start `search_dense`; the connection is free again when this returns (see PendingDense)."""
-    model = await get_model(conn, model_id)
+    """Start `search_dense`; the connection is free again when this returns (see PendingDense). `model` is
+    the model's id or its row as just read in this transaction (which saves reading it again)."""
+    if not isinstance(model, EmbeddingModel):
+        model = await get_model(conn, model)
     q = _check_query(query, model.dimension)
     if model.state == "retired":
         with _INDEXES_LOCK:
@@ -768,10 +777,12 @@ async def _start_matrix(
     conn: AsyncConnection, index: _DenseIndex, q: Matrix, scope: RetrievalScope, k: int, small_scope: int | None
 ) -> PendingDense:
     limit = small_scope if small_scope is not None else max(SMALL_SCOPE, int(GATHER_SHARE * index.size))
-    if _known_large(conn, scope, limit) is None:
-        # The share of sources in scope (two counts, an over-estimate) rules out most large scopes before
-        # their sources are listed: listing 10,000 of them costs more than a whole large-scope search.
-        count = math.ceil(await _sql_store(conn).visible_share(conn, scope) * index.size)
+    count = _known_size(conn, scope, limit)
+    if count is None or count <= limit:
+        if count is None:
+            # The share of sources in scope (two counts, an over-estimate) rules out most large scopes
+            # before their sources are listed: listing 10,000 of them costs more than a large-scope search.
+            count = math.ceil(await _sql_store(conn).visible_share(conn, scope) * index.size)
         if count <= 1.5 * limit:
             sources = await visible_source_ids(conn, scope, limit + 1)
             with index.lock:
@@ -779,9 +790,11 @@ async def _start_matrix(
                 visible[[key for key in map(index.source_keys.get, sources) if key is not None]] = True
                 count = int(np.count_nonzero(visible[index.sources[: index.size]]))
             if len(sources) <= limit and count <= limit:
+                _remember_size(conn, scope, limit, count)
                 work = asyncio.get_running_loop().run_in_executor(_SCORING, _score_rows, index, q, visible, k)
                 return PendingDense(lambda conn: _awaited(work))
-        _remember_large(conn, scope, limit, count)
+            count = max(count, limit + 1)
+        _remember_size(conn, scope, limit, count)
     scored = asyncio.get_running_loop().run_in_executor(_SCORING, _score_all, index, q)
 
     async def finish(conn: AsyncConnection) -> list[tuple[int, float]]:

@@ -221,6 +221,9 @@ async def _measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     await _time_dense(engine, model.id, queries[:1], scopes["100% (all groups + public)"], args.width, None)
     result["first_query_ms"] = round(1000 * (time.perf_counter() - started), 1)
     result["rss_before_first_query_mb"] = round(rss_before, 1)
+    # The dense matrix loaded, BM25's postings not yet (the first hybrid query loads them).
+    result["rss_after_first_query_mb"] = round(_rss_mb(), 1)
+    result["max_rss_after_first_query_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     # Warm the database caches (and the analyser's), as a running server would have them.
     for scope in scopes.values():
         await _time_dense(engine, model.id, queries[:20], scope, args.width, None)

@@ -480,10 +480,12 @@ class _DenseIndex:
         self.dimension = dimension
         # SQLite: the log id applied through (-1: not loaded yet).
         self.watermark = -1
-        # PostgreSQL: every transaction below `xmin` is applied, and those in `seen` (>= xmin); `version`
-        # counts the changes applied, so that a refresh read before another one applied is not applied.
+        # PostgreSQL: every transaction below `xmin` is applied, and those in `seen` (>= xmin), and every
+        # prune up to `pruned_xid` is accounted for; `version` counts the changes applied, so that a
+        # refresh read before another one applied is not applied.
         self.xmin = 0
         self.seen: set[int] = set()
+        self.pruned_xid = 0
         self.version = 0
         self.lock = threading.Lock()
         self.matrix: Matrix = np.zeros((0, dimension), dtype=np.float32)
@@ -620,7 +622,7 @@ async def _current_index_sqlite(conn: AsyncConnection, model: EmbeddingModel) ->
         return index
     if index.watermark < pruned or index.watermark < 0 or index.watermark > newest:
         # First use, or the log no longer reaches back to our watermark (or the database was replaced).
-        return await _load_once(conn, index, model, ("watermark", newest))
+        return await _load_once(conn, index, model, {"watermark": newest})
     start = index.watermark
     # The current state of every chunk the log mentions past the watermark, not a replay of the log:
     # applying it is idempotent, whatever another connection of this process applied meanwhile.
@@ -637,7 +639,7 @@ async def _current_index_sqlite(conn: AsyncConnection, model: EmbeddingModel) ->
     pruned = int((await conn.execute(text("SELECT pruned_through FROM rag_vector_log_state"))).scalar_one())
     if pruned > start:
         # A writer pruned the log while we read it: what we read may lack entries.
-        return await _load_whole(conn, key, instance, model, ("watermark", newest))
+        return await _load_whole(conn, key, instance, model, {"watermark": newest})
     with index.lock:
         if index.watermark < newest:
             index.apply(changes)
@@ -673,10 +675,11 @@ async def _current_index_postgres(conn: AsyncConnection, model: EmbeddingModel) 
         if own:
             return None
         index = _index_for(key, instance, model.dimension)
-        if index is not known or not loaded or index.xmin <= pruned_xid:
+        if index is not known or not loaded or _missed_prune(index, pruned_xid):
             # First use, another database, or a prune deleted entries we may not have applied. Every
-            # transaction below `xmin` is visible to the load's later statements.
-            return await _load_once(conn, index, model, ("xmin", xmin))
+            # transaction below `xmin`, and every one a prune so far deleted entries of, is visible to
+            # the load's later statements.
+            return await _load_once(conn, index, model, {"xmin": xmin, "pruned_xid": pruned_xid})
         version = index.version
         new = {int(x) for x in state[4]} - index.seen
         changes: list[tuple[int, Matrix | None, str | None]] = []
@@ -692,7 +695,7 @@ async def _current_index_postgres(conn: AsyncConnection, model: EmbeddingModel) 
             )
             changes = _changes("postgresql", rows)
             pruned = (await conn.execute(text("SELECT pruned_xid::text FROM rag_vector_log_state"))).scalar_one()
-            if int(pruned) >= index.xmin:
+            if _missed_prune(index, int(pruned)):
                 continue  # pruned while we read: load whole on the next round
         with index.lock:
             if index.version != version:
@@ -700,6 +703,7 @@ async def _current_index_postgres(conn: AsyncConnection, model: EmbeddingModel) 
             if changes:
                 index.apply(changes)
             index.seen |= new
+            index.pruned_xid = max(index.pruned_xid, pruned_xid)
             if xmin > index.xmin:
                 index.xmin = xmin
                 index.seen = {x for x in index.seen if x >= xmin}
@@ -707,8 +711,15 @@ async def _current_index_postgres(conn: AsyncConnection, model: EmbeddingModel) 
     raise RuntimeError("the dense index could not be brought up to date (the vector log keeps changing)")
 
 
+def _missed_prune(index: _DenseIndex, pruned_xid: int) -> bool:
+    """Whether a prune since the index's last look deleted entries of transactions it may not have applied
+    (at or above its `xmin`). Compared with what it knew, not with `xmin` alone: a transaction left open
+    holds `xmin` back, and each query would otherwise reload after a prune until it ends."""
+    return pruned_xid > index.pruned_xid and pruned_xid >= index.xmin
+
+
 async def _load_once(
-    conn: AsyncConnection, index: _DenseIndex, model: EmbeddingModel, position: tuple[str, int]
+    conn: AsyncConnection, index: _DenseIndex, model: EmbeddingModel, position: dict[str, int]
 ) -> _DenseIndex | None:
     """`_load_whole` in place of the unloaded `index`, one load at a time: concurrent first queries would
     each hold a copy of every vector."""
@@ -725,11 +736,11 @@ async def _load_whole(
     key: tuple[str, int],
     instance: str,
     model: EmbeddingModel,
-    position: tuple[str, int],
+    position: dict[str, int],
 ) -> _DenseIndex:
-    """Load the model's vectors whole; `position` is the log position read before, (attribute, value)
-    (anything that commits in between is also in the log past it, and applied again, idempotently,
-    next time)."""
+    """Load the model's vectors whole; `position` is the log position read before, as the index's
+    attributes (anything that commits in between is also in the log past it, and applied again,
+    idempotently, next time)."""
     dialect = conn.dialect.name
     fresh = _DenseIndex(instance, model.dimension)
     total = (
@@ -747,7 +758,8 @@ async def _load_whole(
     async for part in stream.partitions(4096):
         fresh.apply(_changes(dialect, part))
     fresh.watermark = 0
-    setattr(fresh, *position)
+    for name, value in position.items():
+        setattr(fresh, name, value)
     live = await _live_models(conn)
     with _INDEXES_LOCK:
         _INDEXES[key] = fresh

@@ -386,3 +386,35 @@ async def test_transactions_committing_out_of_order_are_all_applied(engine: Asyn
         assert hits[0] == (chunks[8], pytest.approx(1.0)) and len(hits) == 10
     finally:
         await other.dispose()
+
+
+async def test_prune_while_a_transaction_stays_open_reloads_once(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction left open holds PostgreSQL's xmin back: a process must not take every later prune
+    point as one it may have missed, or each query reloads every vector until that transaction ends."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite's log positions are ids, not held back by open transactions")
+    rng = np.random.default_rng(19)
+    q = _unit(rng, 1)[0]
+    monkeypatch.setattr(vec, "LOG_PRUNE_AT", 10)
+    monkeypatch.setattr(vec, "LOG_KEEP", 2)
+    _, model, chunks = await _public_corpus(engine, rng, 30, with_vectors=5)
+    key = (engine.url.render_as_string(hide_password=True), model.id)
+    other = _second_engine(engine)
+    try:
+        async with other.connect() as idle:
+            await idle.begin()
+            await idle.execute(text("SELECT pg_current_xact_id()"))  # an xid, so xmin stays at it
+            async with engine.connect() as conn:
+                assert len(await search_dense(conn, model.id, q, PUBLIC, 30)) == 5
+            async with engine.begin() as conn:
+                await write_vectors(conn, model.id, list(zip(chunks[5:], _unit(rng, 25), strict=True)))
+            async with engine.connect() as conn:
+                assert len(await search_dense(conn, model.id, q, PUBLIC, 30)) == 30  # reloaded: pruned
+            reloaded = vec._INDEXES[key]
+            async with engine.connect() as conn:
+                assert len(await search_dense(conn, model.id, q, PUBLIC, 30)) == 30
+            assert vec._INDEXES[key] is reloaded
+    finally:
+        await other.dispose()

@@ -286,6 +286,7 @@ def test_editing_other_fields_revokes_no_token(api: Api, admin: str) -> None:
     assert me(api, token).json()["data"]["name"] == "Renamed"
 
 
+@pytest.mark.slow
 def test_changes_to_a_user_reach_every_server_process_at_once(database_url: str, tmp_path: Path) -> None:
     """No server process keeps callers in memory: what one process changes, the next request to another sees."""
     cluster = Cluster(database_url, tmp_path / "cluster")

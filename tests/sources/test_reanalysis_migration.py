@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from privategpt.db import Database
@@ -21,6 +22,9 @@ from tests.rag.conftest import RESOURCES, add_source
 from tests.sources.helpers import hit_ids, search
 
 GERMAN = next(d for d in json.loads((RESOURCES / "multilingual.json").read_text()) if d["language"] == "de")
+
+# It builds a database as migration 0004 left it, then migrates it.
+pytestmark = pytest.mark.empty_database
 
 
 def _analysed_in_english(name: str, content: str) -> PreparedSource:

@@ -9,6 +9,7 @@ p99 and max of that count however fast or loaded the machine is. Wall-clock late
 CPU per request are printed too, for what they are worth on a shared machine.
 
     python bench/bench_request_order.py --clients 25 --seconds 8
+    python bench/bench_request_order.py --database postgresql     # PostgreSQL from the pgserver wheel
     python bench/bench_request_order.py --code /tmp/baseline     # an older checkout, for before/after
 
 Results are recorded in docs/benchmarks.md (issue 3).
@@ -94,6 +95,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--code", type=Path, help="import the server from this checkout instead")
     parser.add_argument("--pool-size", type=int, help="PGPT_DB_POOL_SIZE for the run")
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     args = parser.parse_args()
     if args.code is not None:
         sys.path.insert(0, str(args.code.resolve()))
@@ -109,9 +111,20 @@ def main() -> int:
         )
         if args.pool_size is not None:
             os.environ["PGPT_DB_POOL_SIZE"] = str(args.pool_size)
-        result = asyncio.run(measure(args.clients, args.seconds))
+        postgres = None
+        if args.database == "postgresql":
+            import pgserver
+
+            postgres = pgserver.get_server(str(Path(workdir) / "pg"), cleanup_mode="stop")
+            postgres.psql('CREATE DATABASE "bench";')
+            os.environ["PGPT_DATABASE_URL"] = f"postgresql://postgres@/bench?host={Path(workdir) / 'pg'}"
+        try:
+            result = asyncio.run(measure(args.clients, args.seconds))
+        finally:
+            if postgres is not None:
+                postgres.cleanup()
     code = args.code or "this checkout"
-    print(f"{code}: clients={args.clients} load={os.getloadavg()[0]:.1f}")
+    print(f"{code}: {args.database}, clients={args.clients}, load={os.getloadavg()[0]:.1f}")
     for key, value in result.items():
         shown = [round(v, 1) for v in value] if isinstance(value, list) else round(value, 2)
         print(f"  {key}: {shown}")

@@ -22,6 +22,8 @@ Choices, measured in `bench/bench_embeddings.py` (figures in docs/benchmarks.md)
   libgomp's default is to spin after each region, which burns the cores the event loop needs.
 * The passage thread and its OpenMP team run at a lower CPU priority (nice +10), so on a small machine the
   server's requests take precedence over ingestion instead of sharing the cores with it.
+* Nice alone is not enough on 2 cores: the embedded worker also holds passage jobs back while it indexes
+  sources (`passage_gate`), job by job; measured in docs/benchmarks.md (issue 4, ingestion).
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ _PASSAGE_PREFIX_BYTES = len(b"passage: ")
 JOB_CHARS = 4096
 # Lower CPU priority of the passage thread (Linux nice), so the server's requests come first.
 THREAD_NICENESS = 10
+# Longest wait of a passage job for its gate (`LocalEmbedder.passage_gate`): under a never-ending stream of
+# ingestion, one job (a few passages) still runs this often.
+GATE_MAX_WAIT_S = 60.0
 
 
 def available_cpus() -> int:
@@ -70,6 +75,7 @@ class _Job:
     threads: int
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    gate: threading.Event | None = None
 
 
 class _ModelThread:
@@ -84,7 +90,7 @@ class _ModelThread:
         self._model: Any = None
         self._threads_set = 0
 
-    def submit(self, threads: int, run: Callable[[Any], T]) -> asyncio.Future[T]:
+    def submit(self, threads: int, run: Callable[[Any], T], gate: threading.Event | None = None) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._start_lock:
@@ -93,7 +99,7 @@ class _ModelThread:
                 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
                 self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
-        self._jobs.put(_Job(run, threads, loop, future))
+        self._jobs.put(_Job(run, threads, loop, future, gate))
         return future
 
     def _serve(self) -> None:
@@ -105,6 +111,8 @@ class _ModelThread:
             logger.info("Embedding thread keeps its CPU priority: %s", exc)
         while True:
             job = self._jobs.get()
+            if job.gate is not None and not job.gate.is_set():
+                job.gate.wait(GATE_MAX_WAIT_S)
             if job.future.cancelled():  # the caller gave up before its turn came
                 continue
             try:
@@ -213,6 +221,10 @@ class LocalEmbedder:
         self.threads = threads or available_cpus()
         self.batch_size = batch_size
         self.job_chars = job_chars
+        # When set, each passage job waits (in the model's thread) until this flag is set: the embedded
+        # worker clears it while it indexes sources (`Worker.idle_gate`), so that a job starts only once
+        # ingestion has settled. A job under way finishes; queries never wait for it.
+        self.passage_gate: threading.Event | None = None
 
     @property
     def model_name(self) -> str:
@@ -227,7 +239,10 @@ class LocalEmbedder:
         out = np.empty((len(texts), DIMENSION), dtype=np.float32)
         batches = length_batches(texts, self.batch_size, self.job_chars)
         # Every job is queued at once, so the model never idles between them.
-        futures = [_passages.submit(self.threads, _passage_job([texts[i] for i in batch])) for batch in batches]
+        futures = [
+            _passages.submit(self.threads, _passage_job([texts[i] for i in batch]), self.passage_gate)
+            for batch in batches
+        ]
         try:
             for batch, future in zip(batches, futures, strict=True):
                 out[batch] = await future

@@ -14,7 +14,7 @@ vector switches over to it and drops the old vectors, so retrieval never mixes t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy import String, and_, exists, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,10 +46,14 @@ class EmbeddingHandler:
         self.database = database
         self.embedder = embedder
         self.model = model
+        # Awaited before each step: returns when embedding may use the machine (`Worker.settled`).
+        self.pause: Callable[[], Awaitable[None]] | None = None
 
     async def run(self, jobs: Sequence[ClaimedJob]) -> None:
         held = list(jobs)
         while held:
+            if self.pause is not None:
+                await self.pause()
             async with self.database.session(write=False) as session:
                 batch = await vectors.chunks_missing_vectors(
                     await session.connection(),

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import threading
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -54,6 +57,13 @@ class Worker:
         self.handlers = handlers
         self.slots = {kind: (slots or {}).get(kind, settings.worker_concurrency) for kind in handlers}
         self._running: dict[str, int] = dict.fromkeys(handlers, 0)
+        # Per kind: set while no batch of it runs, and when its last batch ended (`settled`).
+        self._idle: dict[str, asyncio.Event] = {kind: asyncio.Event() for kind in handlers}
+        for idle in self._idle.values():
+            idle.set()
+        self._ended_at: dict[str, float] = dict.fromkeys(handlers, -math.inf)
+        # Per kind: flags for other threads (`idle_gate`), each with its quiet period.
+        self._gates: dict[str, list[tuple[threading.Event, float]]] = {}
         self.worker_id = queue.new_worker_id()
         self._wake = asyncio.Event()
         # Set when a batch ends: the next round may claim for a kind that still has a batch running.
@@ -67,6 +77,43 @@ class Worker:
     def wake(self) -> None:
         """Look for jobs now; call it on the event loop's thread (SQLAlchemy's commit hooks run there)."""
         self._wake.set()
+
+    async def settled(self, kind: str, quiet: float, at_most: float) -> None:
+        """Return once no batch of `kind` has run in this worker for `quiet` seconds, or after `at_most`.
+
+        An in-process signal, no query: background work (embedding) waits here so that it never competes
+        with `kind` (ingestion) for this machine's cores, the GIL or the database's write turn."""
+        deadline = time.monotonic() + at_most
+        while (now := time.monotonic()) < deadline:
+            if self._running.get(kind):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle[kind].wait(), timeout=deadline - now)
+                continue
+            wait = self._ended_at.get(kind, -math.inf) + quiet - now
+            if wait <= 0:
+                return
+            await asyncio.sleep(min(wait, deadline - now))
+
+    def idle_gate(self, kind: str, quiet: float) -> threading.Event:
+        """`settled` for threads: a flag set while no batch of `kind` has run for `quiet` seconds, cleared
+        the moment one starts. The local embedding model's thread waits on it before each passage job."""
+        gate = threading.Event()
+        self._gates.setdefault(kind, []).append((gate, quiet))
+        if not self._running.get(kind):
+            self._open_later(kind, gate, quiet)
+        return gate
+
+    def _open_later(self, kind: str, gate: threading.Event, quiet: float) -> None:
+        wait = self._ended_at.get(kind, -math.inf) + quiet - time.monotonic()
+        if wait <= 0:
+            gate.set()
+        else:
+            asyncio.get_running_loop().call_later(wait, self._open_if_settled, kind, gate, quiet)
+
+    def _open_if_settled(self, kind: str, gate: threading.Event, quiet: float) -> None:
+        # A batch may have started (and ended) meanwhile: the last end decides.
+        if not self._running.get(kind) and not self._stopping:
+            self._open_later(kind, gate, quiet)
 
     @property
     def _held(self) -> list[int]:
@@ -87,6 +134,9 @@ class Worker:
     async def stop(self) -> None:
         """Stop claiming, cancel running batches and hand their jobs back for the next worker."""
         self._stopping = True
+        for gates in self._gates.values():
+            for gate, _ in gates:
+                gate.set()  # nothing of this worker's runs any more: never leave a thread waiting
         held = self._held
         tasks = [t for t in (self._main, self._heartbeat) if t is not None]
         tasks.extend(self._batches)
@@ -140,10 +190,19 @@ class Worker:
         task = asyncio.create_task(self._run_kind(kind, jobs), name=f"{kind} jobs {jobs[0].id}..")
         self._batches[task] = [job.id for job in jobs]
         self._running[kind] += 1
+        self._idle[kind].clear()
+        for gate, _ in self._gates.get(kind, ()):
+            gate.clear()
 
         def done(task: asyncio.Task[None]) -> None:
             self._batches.pop(task, None)
             self._running[kind] -= 1
+            self._ended_at[kind] = time.monotonic()
+            if not self._running[kind]:
+                self._idle[kind].set()
+                if not self._stopping:
+                    for gate, quiet in self._gates.get(kind, ()):
+                        self._open_later(kind, gate, quiet)
             self._batch_ended = True
             self._wake.set()
 

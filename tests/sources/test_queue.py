@@ -6,15 +6,22 @@ deterministically: a superseded or re-claimed job can never be mistaken for the 
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from privategpt.db import Database
+from privategpt.embeddings.local import LocalEmbedder
 from privategpt.migrate import upgrade_database
 from privategpt.models import Source, new_uuid
+from privategpt.sources.ingestion import IngestionHandler
 from privategpt.worker import queue
+from privategpt.worker.runner import Worker
 
 
 @pytest.fixture
@@ -88,3 +95,41 @@ async def test_a_workers_own_earlier_claim_of_the_same_row_holds_nothing(databas
     async with database.session() as session:
         assert await queue.hold(session, [stale]) == set()
         assert await queue.hold(session, [current]) == {current.id}
+
+
+async def test_embedding_waits_until_ingestion_has_settled(database: Database, make_settings: Any) -> None:
+    """`Worker.settled`, which embedding awaits before each step: it returns only once no ingestion batch
+    has run for the quiet period, or after its longest wait (so that embedding still progresses)."""
+    await _source_with_job(database)
+    worker = Worker(database, make_settings(), {queue.INGEST: IngestionHandler(database)})
+    await worker.settled(queue.INGEST, quiet=10, at_most=30)  # nothing ever ran: at once
+    gate = worker.idle_gate(queue.INGEST, quiet=0.2)  # the same, for the local model's thread
+    assert gate.is_set()
+    jobs = await queue.claim(database, worker.worker_id, kind=queue.INGEST, limit=10, lease_seconds=30)
+    worker._start(queue.INGEST, jobs)
+    assert worker._running[queue.INGEST] == 1
+    assert not gate.is_set()
+    await worker.settled(queue.INGEST, quiet=0.2, at_most=30)
+    assert worker._running[queue.INGEST] == 0
+    assert time.monotonic() - worker._ended_at[queue.INGEST] >= 0.2
+    assert await asyncio.to_thread(gate.wait, 30)
+    # Within the quiet period, the longest wait ends it.
+    waited = time.monotonic()
+    await worker.settled(queue.INGEST, quiet=30, at_most=0.05)
+    assert time.monotonic() - waited < 30
+    async with database.session() as session:
+        assert [s.state for s in (await session.scalars(select(Source))).all()] == ["vectorized"]
+
+
+async def test_passage_jobs_wait_for_their_gate_and_queries_do_not() -> None:
+    embedder = LocalEmbedder(threads=1)
+    embedder.passage_gate = threading.Event()
+    passages = asyncio.create_task(embedder.embed_passages(["Aspirin lowers the risk of a second heart attack."]))
+    try:
+        query = await embedder.embed_query("does aspirin prevent heart attacks?")
+        assert query.shape == (384,)
+        await asyncio.sleep(0.2)
+        assert not passages.done()  # held back (up to GATE_MAX_WAIT_S) while the gate is closed
+    finally:
+        embedder.passage_gate.set()
+    assert (await passages).shape == (1, 384)

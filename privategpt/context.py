@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from privategpt.auth.passwords import Passwords
 from privategpt.config import Settings
 from privategpt.db import Database
-from privategpt.rag.hybrid import DenseIndex
-from privategpt.reranking import Reranker
+
+if TYPE_CHECKING:
+    # Only named here: the operator's CLI builds a context for its user commands, which need neither the
+    # retrieval stack nor numpy (their import was a third of each command's start-up).
+    from privategpt.rag.hybrid import DenseIndex
+    from privategpt.reranking import Reranker
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from privategpt import __version__
-from privategpt.api import api_router
+from privategpt.api import include_api
 from privategpt.auth.passwords import Passwords
 from privategpt.bootstrap import ensure_admin
 from privategpt.config import Settings, load_settings
@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyMiddleware, max_bytes=settings.max_body_bytes)
     # Added last, so it wraps every other middleware of ours.
     app.add_middleware(UnexpectedErrorMiddleware)
-    app.include_router(api_router)
+    include_api(app)
 
     @app.get("/health", response_model=Envelope[HealthOut], tags=["health"], summary="Ready when 200")
     async def health() -> dict[str, object]:

@@ -396,28 +396,27 @@ class Database:
         self.settings = settings
         self.engine = create_engine(settings)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
-        self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._statement_read_sessions = (
-            async_sessionmaker(self.engine.execution_options(**{SQLITE_STATEMENT_READS: True}), expire_on_commit=False)
-            if self.is_sqlite
-            else self._read_sessions
+        self._read_engine = self.engine
+        self._statement_read_engine = (
+            self.engine.execution_options(**{SQLITE_STATEMENT_READS: True}) if self.is_sqlite else self.engine
         )
-        self._write_sessions = async_sessionmaker(
-            self.engine.execution_options(**{SQLITE_WRITE_INTENT: True}) if self.is_sqlite else self.engine,
-            expire_on_commit=False,
+        self._write_engine = (
+            self.engine.execution_options(**{SQLITE_WRITE_INTENT: True}) if self.is_sqlite else self.engine
         )
+        self._read_sessions = async_sessionmaker(self._read_engine, expire_on_commit=False)
+        self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
 
-    def session_factory(self, *, write: bool, snapshot: bool = True) -> async_sessionmaker[AsyncSession]:
-        """Sessions that write, or read in one snapshot, or (`snapshot=False`) read each statement's latest
+    def engine_for(self, *, write: bool, snapshot: bool = True) -> AsyncEngine:
+        """Connections that write, or read in one snapshot, or (`snapshot=False`) read each statement's latest
         commit: enough for a request that reads one thing after authenticating, as on PostgreSQL."""
         if write:
-            return self._write_sessions
-        return self._read_sessions if snapshot else self._statement_read_sessions
+            return self._write_engine
+        return self._read_engine if snapshot else self._statement_read_engine
 
     @asynccontextmanager
     async def session(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
         """A unit of work: commit when the block succeeds, roll back when it raises."""
-        async with self.session_factory(write=write)() as session:
+        async with (self._write_sessions if write else self._read_sessions)() as session:
             try:
                 yield session
             except BaseException:

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from privategpt.audit import service
-from privategpt.auth.dependencies import DbSession, SystemOperator
+from privategpt.auth.dependencies import SystemOperator
 from privategpt.errors import envelope
 from privategpt.schemas import Envelope
+from privategpt.unit_of_work import DbSession, UnitOfWorkRoute
 
-router = APIRouter(prefix="/audit", tags=["audit"])
+router = APIRouter(prefix="/audit", tags=["audit"], route_class=UnitOfWorkRoute)
 
 
 class AuditEventOut(BaseModel):

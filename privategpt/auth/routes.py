@@ -6,15 +6,16 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from privategpt.auth import service
-from privategpt.auth.dependencies import Context, CurrentPrincipal, DbSession
+from privategpt.auth.dependencies import Context, CurrentPrincipal
 from privategpt.context import client_address
 from privategpt.errors import Unauthenticated, envelope
 from privategpt.models import User
 from privategpt.schemas import Empty, Envelope, RequestModel
+from privategpt.unit_of_work import DbSession, UnitOfWorkRoute
 from privategpt.users.schemas import UserOut
 from privategpt.users.service import to_out
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["auth"], route_class=UnitOfWorkRoute)
 
 
 class LoginRequest(RequestModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import Integer, bindparam, delete, func, literal_column, null, or_, select, union_all
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from privategpt.audit import service as audit
 from privategpt.auth import tokens
@@ -54,7 +54,7 @@ _CALLER_ROWS = DriverQuery(
 
 
 async def authenticate(
-    session: AsyncSession, *, authorization: str | None, authentication: str | None
+    connection: AsyncConnection, *, authorization: str | None, authentication: str | None
 ) -> tuple[Caller, int]:
     """Resolve the request's bearer token to an active user, or raise 401."""
     raw = tokens.bearer_from_headers(authorization, authentication)
@@ -63,7 +63,7 @@ async def authenticate(
     presented = tokens.parse_token(raw)
     if presented is None:
         raise Unauthenticated()
-    rows = await _CALLER_ROWS.all(await session.connection(), token_id=presented.token_id)
+    rows = await _CALLER_ROWS.all(connection, token_id=presented.token_id)
     head = next((row for row in rows if row[0] == 0), None)
     if head is None:
         raise Unauthenticated()

@@ -27,7 +27,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from privategpt.auth import service as auth_service
-from privategpt.auth.dependencies import CurrentPrincipal, DbSession
+from privategpt.auth.dependencies import CurrentPrincipal
 from privategpt.auth.principal import Principal
 from privategpt.chats import service
 from privategpt.chats.schemas import (
@@ -43,10 +43,11 @@ from privategpt.context import get_context
 from privategpt.errors import AppError, envelope
 from privategpt.llm import LanguageModel
 from privategpt.schemas import Empty, Envelope
+from privategpt.unit_of_work import DbSession, UnitOfWorkRoute
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/chats", tags=["chats"])
+router = APIRouter(prefix="/chats", tags=["chats"], route_class=UnitOfWorkRoute)
 
 _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -68,7 +69,7 @@ async def _chat_caller(request: Request) -> Principal:
     """
     async with service.turn(), get_context(request).database.session(write=False) as session:
         user, token_id = await auth_service.authenticate(
-            session,
+            await session.connection(),
             authorization=request.headers.get("authorization"),
             authentication=request.headers.get("authentication"),
         )

@@ -5,13 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, field_validator
 
-from privategpt.auth.dependencies import CurrentPrincipal, DbSession, UsersAdmin
+from privategpt.auth.dependencies import CurrentPrincipal, UsersAdmin
 from privategpt.context import client_address
 from privategpt.errors import envelope
 from privategpt.groups import service
 from privategpt.schemas import Empty, Envelope, RequestModel
+from privategpt.unit_of_work import DbSession, UnitOfWorkRoute
 
-router = APIRouter(prefix="/groups", tags=["groups"])
+router = APIRouter(prefix="/groups", tags=["groups"], route_class=UnitOfWorkRoute)
 
 
 class GroupName(RequestModel):

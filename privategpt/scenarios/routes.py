@@ -6,14 +6,15 @@ import math
 
 from fastapi import APIRouter, Path, Query, Request
 
-from privategpt.auth.dependencies import DbSession, ScenariosAdmin
+from privategpt.auth.dependencies import ScenariosAdmin
 from privategpt.context import client_address
 from privategpt.errors import envelope
 from privategpt.scenarios import service
 from privategpt.scenarios.schemas import ScenarioCreate, ScenarioOut, ScenarioPage, ScenarioUpdate
 from privategpt.schemas import Empty, Envelope
+from privategpt.unit_of_work import DbSession, UnitOfWorkRoute
 
-router = APIRouter(prefix="/scenarios", tags=["scenarios"])
+router = APIRouter(prefix="/scenarios", tags=["scenarios"], route_class=UnitOfWorkRoute)
 
 ScenarioId = Path(description="The scenarioId")
 

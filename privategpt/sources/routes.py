@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from privategpt import access
-from privategpt.auth.dependencies import READ_ONLY, Context, CurrentPrincipal, DbSession, DocumentsEditor
+from privategpt.auth.dependencies import Context, CurrentPrincipal, DocumentsEditor
 from privategpt.context import client_address, get_context
 from privategpt.errors import envelope
 from privategpt.rag.hybrid import retrieve
@@ -32,8 +32,9 @@ from privategpt.sources.schemas import (
     SourceState,
     SourceUpdate,
 )
+from privategpt.unit_of_work import READ_ONLY, DbSession, UnitOfWorkRoute
 
-router = APIRouter(tags=["sources"])
+router = APIRouter(tags=["sources"], route_class=UnitOfWorkRoute)
 
 
 async def _worker_wake(request: Request) -> Callable[[], None] | None:

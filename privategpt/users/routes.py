@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from privategpt.auth.dependencies import Context, DbSession, UsersAdmin
+from privategpt.auth.dependencies import Context, UsersAdmin
 from privategpt.context import client_address
 from privategpt.errors import envelope
 from privategpt.schemas import Envelope
+from privategpt.unit_of_work import DbSession, UnitOfWorkRoute
 from privategpt.users import service
 from privategpt.users.schemas import UserCreate, UserOut, UserRef, UserUpdate
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], route_class=UnitOfWorkRoute)
 
 
 @router.post("", response_model=Envelope[UserOut], summary="Create a user")

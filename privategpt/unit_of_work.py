@@ -127,3 +127,5 @@ async def _request_session(request: Request) -> AsyncSession:
 
 
 DbSession = Annotated[AsyncSession, Depends(_request_session)]
+# For a route whose statements are all Core (`db.DriverQuery`): it then costs no ORM session at all.
+DbConnection = Annotated[AsyncConnection, Depends(request_connection)]

@@ -10,7 +10,7 @@ from privategpt.context import client_address
 from privategpt.errors import envelope
 from privategpt.groups import service
 from privategpt.schemas import Empty, Envelope, RequestModel
-from privategpt.unit_of_work import DbSession, UnitOfWorkRoute
+from privategpt.unit_of_work import DbConnection, DbSession, UnitOfWorkRoute
 
 router = APIRouter(prefix="/groups", tags=["groups"], route_class=UnitOfWorkRoute)
 
@@ -37,8 +37,8 @@ class GroupOut(BaseModel):
 
 
 @router.get("", response_model=Envelope[GroupsOut], summary="The caller's groups and the assignable ones")
-async def list_groups(session: DbSession, caller: CurrentPrincipal) -> dict[str, object]:
-    listing = await service.list_for(session, caller)
+async def list_groups(connection: DbConnection, caller: CurrentPrincipal) -> dict[str, object]:
+    listing = await service.list_for(connection, caller)
     return envelope(
         {
             "personalGroups": listing.personal,

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
 from privategpt.audit import service as audit
 from privategpt.auth.principal import Principal
+from privategpt.db import DriverQuery
 from privategpt.errors import Conflict, NotFound, ValidationFailed
 from privategpt.models import Group, GroupMember, Source, SourceGroup
 
@@ -47,10 +48,15 @@ class GroupListing:
     use_public: bool
 
 
-async def list_for(session: AsyncSession, principal: Principal) -> GroupListing:
+_ALL_GROUP_NAMES = DriverQuery(select(Group.name).order_by(func.lower(Group.name)))
+
+
+async def list_for(connection: AsyncConnection, principal: Principal) -> GroupListing:
+    """The caller's groups, and those they may assign; the listing every client polls, so Core on the
+    request's connection (see `db.DriverQuery`), no ORM session."""
     personal = principal.group_names
     if principal.roles & _ASSIGNING_ROLES:
-        assignable = list(await session.scalars(select(Group.name).order_by(func.lower(Group.name))))
+        assignable = [row[0] for row in await _ALL_GROUP_NAMES.all(connection)]
     else:
         assignable = personal
     return GroupListing(personal=personal, assignable=assignable, use_public=principal.user.use_public)

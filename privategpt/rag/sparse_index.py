@@ -352,7 +352,8 @@ async def _has_log(conn: AsyncConnection, database: str) -> bool:
         sql = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'rag_chunk_log_state'"
     else:
         sql = "SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = 'rag_chunk_log_state'"
-    present = bool((await conn.execute(text(sql))).scalar_one())
+    ((count,),) = await store_for(conn).rows(conn, sql)
+    present = bool(count)
     _HAS_LOG[database] = math.inf if present else time.monotonic() + _NO_LOG_TTL_S
     return present
 
@@ -365,16 +366,13 @@ async def current_index(conn: AsyncConnection) -> SparseIndex | None:
         return None
     index = _INDEXES.get(database)
     watermark = index.watermark if index is not None else 0
-    row = (
-        await conn.execute(
-            text(
-                "SELECT instance, (SELECT token FROM rag_chunk_log WHERE id = :w), "
-                "(SELECT id FROM rag_chunk_log ORDER BY id DESC LIMIT 1), "
-                "(SELECT token FROM rag_chunk_log ORDER BY id DESC LIMIT 1) FROM rag_chunk_log_state WHERE id = 1"
-            ),
-            {"w": watermark},
-        )
-    ).one()
+    (row,) = await store_for(conn).rows(
+        conn,
+        "SELECT instance, (SELECT token FROM rag_chunk_log WHERE id = :w), "
+        "(SELECT id FROM rag_chunk_log ORDER BY id DESC LIMIT 1), "
+        "(SELECT token FROM rag_chunk_log ORDER BY id DESC LIMIT 1) FROM rag_chunk_log_state WHERE id = 1",
+        {"w": watermark},
+    )
     instance, token_at_watermark = str(row[0]), row[1]
     newest, newest_token = int(row[2] or 0), None if row[3] is None else int(row[3])
     if (
@@ -387,11 +385,10 @@ async def current_index(conn: AsyncConnection) -> SparseIndex | None:
         return await _load_whole(conn, database, instance, newest, newest_token)
     if newest == watermark:
         return index
-    rows = await conn.execute(
-        text(
-            "SELECT l.chunk_id, c.source_id, c.length, c.terms FROM (SELECT DISTINCT chunk_id FROM rag_chunk_log "
-            "WHERE id > :lo AND id <= :hi) AS l LEFT JOIN rag_chunks c ON c.id = l.chunk_id"
-        ),
+    rows = await store_for(conn).rows(
+        conn,
+        "SELECT l.chunk_id, c.source_id, c.length, c.terms FROM (SELECT DISTINCT chunk_id FROM rag_chunk_log "
+        "WHERE id > :lo AND id <= :hi) AS l LEFT JOIN rag_chunks c ON c.id = l.chunk_id",
         {"lo": watermark, "hi": newest},
     )
     changes = [
@@ -492,7 +489,7 @@ async def visible_source_ids(conn: AsyncConnection, scope: RetrievalScope, limit
         "SELECT s.id FROM vs CROSS JOIN sources s WHERE s.id = vs.id AND s.state = 'vectorized' LIMIT :limit"
     )
     params = store._scope_params(scope)
-    rows = await conn.execute(store._bind(sql, *params), {**params, "limit": limit})
+    rows = await store.rows(conn, sql, {**params, "limit": limit}, *params)
     return [str(r[0]) for r in rows]
 
 
@@ -507,7 +504,7 @@ async def visible_sources_among(conn: AsyncConnection, scope: RetrievalScope, so
         among, value = "s.id = ANY(CAST(:sources AS varchar[]))", list(source_ids)  # type: ignore[assignment]
     sql = f"SELECT s.id FROM sources s WHERE {among} AND {store._visible(scope)}"
     params = store._scope_params(scope)
-    rows = await conn.execute(store._bind(sql, *params), {**params, "sources": value})
+    rows = await store.rows(conn, sql, {**params, "sources": value}, *params)
     return {str(r[0]) for r in rows}
 
 

@@ -10,10 +10,11 @@ Every read that can return a chunk carries the caller's access scope inside its 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import struct
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
@@ -42,6 +43,15 @@ def encode_terms(pairs: Sequence[tuple[int, int]]) -> bytes:
 
 T = TypeVar("T")
 
+_STATS = "SELECT n_chunks, total_length FROM rag_stats WHERE id = 1"
+
+
+async def _sqlite_driver(conn: AsyncConnection) -> Any:
+    driver = (await conn.get_raw_connection()).driver_connection
+    if driver is None:
+        raise RuntimeError("The connection was invalidated earlier in this transaction.")
+    return driver
+
 
 async def on_sqlite_thread(conn: AsyncConnection, work: Callable[[sqlite3.Connection], T]) -> T:
     """`work(connection)` on the SQLite connection itself, in aiosqlite's thread and the caller's transaction.
@@ -50,12 +60,25 @@ async def on_sqlite_thread(conn: AsyncConnection, work: Callable[[sqlite3.Connec
     per statement (each hop wakes the thread and waits for the event loop to be told), and the Python
     around the statements (index rows, term vectors) runs there too, not on the event loop.
     """
-    driver = (await conn.get_raw_connection()).driver_connection
+    driver = await _sqlite_driver(conn)
     # aiosqlite's own queue runs a plain function in its thread (since 0.17; private, hence checked).
     execute, sqlite = getattr(driver, "_execute", None), getattr(driver, "_conn", None)
     if execute is None or not isinstance(sqlite, sqlite3.Connection):
         raise RuntimeError("this aiosqlite version offers no way to run a function in its thread")
     return cast(T, await execute(work, sqlite))
+
+
+def _expanded(sql: str, params: Mapping[str, Any], expanding: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """`IN :name` of a list parameter as `IN (:name__0, :name__1, ...)`, for sqlite3's named parameters
+    (what SQLAlchemy's expanding parameters render; an empty list matches nothing, as there)."""
+    values = dict(params)
+    for name in expanding:
+        items = list(values.pop(name))
+        names = [f"{name}__{i}" for i in range(len(items))]
+        values.update(zip(names, items, strict=True))
+        listed = ", ".join(f":{n}" for n in names) if names else "SELECT NULL WHERE 0"
+        sql = re.sub(rf":{name}\b", f"({listed})", sql)
+    return sql, values
 
 
 @dataclass(frozen=True)
@@ -141,6 +164,13 @@ class IndexStore(Protocol):
 
     async def delete(self, conn: AsyncConnection, source_ids: Sequence[str]) -> None:
         """Remove every chunk of these sources."""
+        ...
+
+    async def rows(
+        self, conn: AsyncConnection, sql: str, params: Mapping[str, Any] | None = None, *expanding: str
+    ) -> list[Sequence[Any]]:
+        """The rows of a SELECT of retrieval in the caller's transaction; `expanding`: the list parameters
+        of its `IN :name` tests."""
         ...
 
     async def lookup_terms(
@@ -270,6 +300,13 @@ class _SqlStore:
     def _scope_params(scope: RetrievalScope) -> dict[str, Any]:
         return {"scope_groups": sorted(scope.group_ids)} if scope.group_ids else {}
 
+    async def rows(
+        self, conn: AsyncConnection, sql: str, params: Mapping[str, Any] | None = None, *expanding: str
+    ) -> list[Sequence[Any]]:
+        """The rows of a SELECT of retrieval in the caller's transaction; `expanding`: the list parameters
+        of its `IN :name` tests."""
+        return list(await conn.execute(self._bind(sql, *expanding), dict(params or {})))
+
     async def delete(self, conn: AsyncConnection, source_ids: Sequence[str]) -> None:
         for batch in _batches(list(source_ids), _SQLITE_BATCH):
             stmt = self._bind(f"DELETE FROM rag_chunks WHERE {self._in('source_id', 'ids')}", "ids")
@@ -278,15 +315,23 @@ class _SqlStore:
     async def lookup_terms(
         self, conn: AsyncConnection, terms: Sequence[str]
     ) -> tuple[CorpusStats, dict[str, TermStat]]:
-        row = (await conn.execute(text("SELECT n_chunks, total_length FROM rag_stats WHERE id = 1"))).one()
+        row, term_rows = await self._stats_and_terms(conn, terms)
         stats = CorpusStats(int(row[0]), int(row[1]))
         found: dict[str, TermStat] = {}
-        if terms:
-            stmt = self._bind(f"SELECT term, id, df FROM rag_terms WHERE {self._in('term', 'terms')}", "terms")
-            for term, term_id, df in await conn.execute(stmt, {"terms": list(terms)}):
-                if df > 0:
-                    found[term] = TermStat(int(term_id), int(df))
+        for term, term_id, df in term_rows:
+            if df > 0:
+                found[term] = TermStat(int(term_id), int(df))
         return stats, found
+
+    async def _stats_and_terms(
+        self, conn: AsyncConnection, terms: Sequence[str]
+    ) -> tuple[Sequence[Any], list[Sequence[Any]]]:
+        """The row of `rag_stats` and the (term, id, df) rows of these terms."""
+        (row,) = await self.rows(conn, _STATS)
+        if not terms:
+            return row, []
+        sql = f"SELECT term, id, df FROM rag_terms WHERE {self._in('term', 'terms')}"
+        return row, await self.rows(conn, sql, {"terms": list(terms)}, "terms")
 
     async def count_visible(self, conn: AsyncConnection, scope: RetrievalScope, cap: int) -> int:
         # An over-estimate is fine (it only picks the query plan), so no DISTINCT and no state check;
@@ -308,7 +353,8 @@ class _SqlStore:
             return 0
         sql = "SELECT " + " + ".join(f"({b})" for b in branches)
         params = self._scope_params(scope)
-        return int((await conn.execute(self._bind(sql, *params), params)).scalar_one())
+        ((count,),) = await self.rows(conn, sql, params, *params)
+        return int(count)
 
     async def visible_share(self, conn: AsyncConnection, scope: RetrievalScope) -> float:
         parts = []
@@ -318,7 +364,7 @@ class _SqlStore:
             parts.append(f"(SELECT count(*) FROM sources s WHERE {self._public('s')})")
         sql = f"SELECT {' + '.join(parts) or '0'}, (SELECT count(*) FROM sources)"
         params = self._scope_params(scope)
-        visible, total = (await conn.execute(self._bind(sql, *params), params)).one()
+        ((visible, total),) = await self.rows(conn, sql, params, *params)
         return min(1.0, int(visible) / int(total)) if total else 0.0
 
     def _impact_walk(self, plan: Sequence[ImpactTerm], params: dict[str, Any]) -> str:
@@ -350,7 +396,7 @@ class _SqlStore:
         # the scope. At a 10 % scope the walk is 40,000 postings, whose GROUP BY and sort in the database
         # cost more than the numpy below (SQLite: 20 ms of CPU; PostgreSQL: a quarter of the statement).
         params: dict[str, Any] = {}
-        row = (await conn.execute(text(self._walk_arrays(self._impact_walk(plan, params))), params)).one()
+        (row,) = await self.rows(conn, self._walk_arrays(self._impact_walk(plan, params)), params)
         if row[0] is None or len(row[0]) == 0:
             return []
         chunk_ids, owner = np.unique(self._array(row[0]).astype(np.int64), return_inverse=True)
@@ -362,8 +408,8 @@ class _SqlStore:
             f"WHERE {self._in_array('c.id', 'pool')} AND s.id = c.source_id AND {self._visible(scope)}"
         )
         scope_params = self._scope_params(scope)
-        result = await conn.execute(self._bind(sql, *scope_params), {**scope_params, "pool": self._bind_array(pool)})
-        return cast(list[Candidate], result.all())
+        rows = await self.rows(conn, sql, {**scope_params, "pool": self._bind_array(pool)}, *scope_params)
+        return cast(list[Candidate], rows)
 
     async def chunks_in_scope(self, conn: AsyncConnection, scope: RetrievalScope) -> list[Candidate]:
         sql = (
@@ -373,8 +419,7 @@ class _SqlStore:
             "WHERE s.id = vs.id AND c.source_id = s.id AND s.state = 'vectorized'"
         )
         params = self._scope_params(scope)
-        result = await conn.execute(self._bind(sql, *params), params)
-        return cast(list[Candidate], result.all())
+        return cast(list[Candidate], await self.rows(conn, sql, params, *params))
 
     async def fetch(self, conn: AsyncConnection, scope: RetrievalScope, chunk_ids: Sequence[int]) -> list[ChunkRow]:
         if not chunk_ids:
@@ -384,7 +429,7 @@ class _SqlStore:
             f"JOIN sources s ON s.id = c.source_id WHERE {self._in('c.id', 'chunks')} AND {self._visible(scope)}"
         )
         params = {**self._scope_params(scope), "chunks": list(chunk_ids)}
-        rows = await conn.execute(self._bind(sql, *params), params)
+        rows = await self.rows(conn, sql, params, *params)
         return [ChunkRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), tuple(json.loads(r[4]))) for r in rows]
 
     # -- writing -------------------------------------------------------------------------------------
@@ -451,6 +496,24 @@ class SqliteStore(_SqlStore):
     def _bind(self, sql: str, *expanding: str) -> Any:
         return text(sql).bindparams(*(bindparam(n, expanding=True) for n in expanding))
 
+    async def rows(
+        self, conn: AsyncConnection, sql: str, params: Mapping[str, Any] | None = None, *expanding: str
+    ) -> list[Sequence[Any]]:
+        # Straight to aiosqlite: one hop to its thread, where SQLAlchemy's cursor takes four (cursor,
+        # execute, fetch, close) and its execution path costs more CPU than most of these statements.
+        sql, values = _expanded(sql, params or {}, expanding)
+        return list(await (await _sqlite_driver(conn)).execute_fetchall(sql, values))
+
+    async def _stats_and_terms(
+        self, conn: AsyncConnection, terms: Sequence[str]
+    ) -> tuple[Sequence[Any], list[Sequence[Any]]]:
+        # Both statements in one hop.
+        def read(sqlite: sqlite3.Connection) -> tuple[Sequence[Any], list[Sequence[Any]]]:
+            row = sqlite.execute(_STATS).fetchone()
+            return row, sqlite.execute(_SQLITE_TERM_STATS, (json.dumps(list(terms)),)).fetchall() if terms else []
+
+        return await on_sqlite_thread(conn, read)
+
     async def top_candidates(
         self, conn: AsyncConnection, scope: RetrievalScope, plan: Sequence[tuple[int, int]]
     ) -> list[Candidate]:
@@ -469,8 +532,8 @@ class SqliteStore(_SqlStore):
         for i, (term_id, limit) in enumerate(plan):
             params[f"t{i}"] = term_id
             params[f"l{i}"] = limit
-        result = await conn.execute(self._bind(" UNION ALL ".join(parts), *self._scope_params(scope)), params)
-        return cast(list[Candidate], result.all())
+        rows = await self.rows(conn, " UNION ALL ".join(parts), params, *self._scope_params(scope))
+        return cast(list[Candidate], rows)
 
     def _impact_walk(self, plan: Sequence[ImpactTerm], params: dict[str, Any]) -> str:
         parts = []
@@ -494,6 +557,7 @@ _SQLITE_UPSERT_TERM = (
     "INSERT INTO rag_terms (term, df) VALUES (?, ?) ON CONFLICT (term) DO UPDATE SET df = df + excluded.df"
 )
 _SQLITE_TERM_IDS = "SELECT term, id FROM rag_terms WHERE term IN (SELECT value FROM json_each(?))"
+_SQLITE_TERM_STATS = "SELECT term, id, df FROM rag_terms WHERE term IN (SELECT value FROM json_each(?))"
 _SQLITE_INSERT_CHUNK = (
     "INSERT INTO rag_chunks (source_id, length, terms, ordinal, language, heading_path, text) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -570,8 +634,7 @@ class PostgresStore(_SqlStore):
             "terms": [t for t, _ in plan],
             "limits": [limit for _, limit in plan],
         }
-        result = await conn.execute(text(sql), params)
-        return cast(list[Candidate], result.all())
+        return cast(list[Candidate], await self.rows(conn, sql, params))
 
     def _impact_walk(self, plan: Sequence[ImpactTerm], params: dict[str, Any]) -> str:
         params.update(

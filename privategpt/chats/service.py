@@ -7,7 +7,7 @@
    and `usePublic` must still be allowed (403), and the resulting scope is what retrieval searches;
 3. the busy lock of an existing chat, held in the database (409 while another question runs);
 4. the question's embedding (dense and hybrid retrieval), then history (only when the scenario uses it)
-   and retrieval (only with a scope and a store retriever), read in a short transaction;
+   and retrieval (only with a scope and a store retriever), read statement by statement;
 5. the prompt, fitted into the context budget;
 6. the language model, whole or streamed;
 7. the question, its answer and the cited sources saved in one transaction that also releases the lock.
@@ -149,9 +149,11 @@ async def ask(
     reranker: Reranker | None = None,
 ) -> AsyncGenerator[ChatEvent]:
     """Answer a question; when streaming, yields `Started` and the answer's pieces; always ends with `Answered`."""
-    # A connection outside any transaction: each `DriverQuery` is one statement, one round trip (on SQLite no
-    # BEGIN and COMMIT around it); retrieval, which reads several times, gets its own transaction.
-    async with turn(), database.engine.connect() as conn:
+    # Reads statement by statement, each seeing the latest commit (PostgreSQL's READ COMMITTED; on SQLite no
+    # BEGIN and COMMIT around them, two hops to its thread of a question's dozen): retrieval already reads
+    # every chunk it returns again under the scope, so a source moved or deleted meanwhile is left out.
+    reads = database.engine_for(write=False, snapshot=False)
+    async with turn(), reads.connect() as conn:
         # 1. The chat, its scenario, and whether the embedding model is the one in service: one round trip.
         chat, scenario, dense_active = await _chat_settings(conn, caller, question, dense)
 
@@ -170,8 +172,7 @@ async def ask(
         candidates: list[Candidate] = []
         passages_read = chat.is_new and embedder is None
         if passages_read and searched:
-            async with conn.begin():
-                candidates = await retrieve_passages(conn)
+            candidates = await retrieve_passages(conn)
 
     # 3. The busy lock of an existing chat.
     lock = None if chat.is_new else await ChatLock.acquire(database, chat.id, caller.user.id, settings)
@@ -183,7 +184,7 @@ async def ask(
         history: list[Turn] = []
         with_history = not chat.is_new and scenario.use_history
         if with_history or (searched and not passages_read):
-            async with turn(), database.engine.connect() as conn, conn.begin():
+            async with turn(), reads.connect() as conn:
                 if with_history:
                     history = await _history(conn, caller, chat.id)
                 if searched and not passages_read:

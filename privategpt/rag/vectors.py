@@ -609,14 +609,11 @@ def _index_for(key: tuple[str, int], instance: str, dimension: int) -> _DenseInd
 
 
 async def _current_index_sqlite(conn: AsyncConnection, model: EmbeddingModel) -> _DenseIndex | None:
-    state = (
-        await conn.execute(
-            text(
-                "SELECT (SELECT max(id) FROM rag_vector_log), instance, pruned_through "
-                "FROM rag_vector_log_state WHERE id = 1"
-            )
-        )
-    ).one()
+    store = _sql_store(conn)
+    (state,) = await store.rows(
+        conn,
+        "SELECT (SELECT max(id) FROM rag_vector_log), instance, pruned_through FROM rag_vector_log_state WHERE id = 1",
+    )
     newest, instance, pruned = int(state[0] or 0), str(state[1]), int(state[2])
     key = (_database_key(conn), model.id)
     index = _index_for(key, instance, model.dimension)
@@ -628,17 +625,16 @@ async def _current_index_sqlite(conn: AsyncConnection, model: EmbeddingModel) ->
     start = index.watermark
     # The current state of every chunk the log mentions past the watermark, not a replay of the log:
     # applying it is idempotent, whatever another connection of this process applied meanwhile.
-    rows = await conn.execute(
-        text(
-            "SELECT l.chunk_id, v.vector, c.source_id FROM (SELECT DISTINCT chunk_id FROM rag_vector_log "
-            "WHERE model_id = :m AND id > :lo AND id <= :hi) AS l "
-            "LEFT JOIN rag_vectors v ON v.model_id = :m AND v.chunk_id = l.chunk_id "
-            "LEFT JOIN rag_chunks c ON c.id = v.chunk_id"
-        ),
+    rows = await store.rows(
+        conn,
+        "SELECT l.chunk_id, v.vector, c.source_id FROM (SELECT DISTINCT chunk_id FROM rag_vector_log "
+        "WHERE model_id = :m AND id > :lo AND id <= :hi) AS l "
+        "LEFT JOIN rag_vectors v ON v.model_id = :m AND v.chunk_id = l.chunk_id "
+        "LEFT JOIN rag_chunks c ON c.id = v.chunk_id",
         {"m": model.id, "lo": start, "hi": newest},
     )
     changes = _changes("sqlite", rows)
-    pruned = int((await conn.execute(text("SELECT pruned_through FROM rag_vector_log_state"))).scalar_one())
+    ((pruned,),) = await store.rows(conn, "SELECT pruned_through FROM rag_vector_log_state")
     if pruned > start:
         # A writer pruned the log while we read it: what we read may lack entries.
         return await _load_whole(conn, key, instance, model, {"watermark": newest})

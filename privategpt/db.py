@@ -16,7 +16,7 @@ from sqlalchemy import CompoundSelect, Select, event, make_url
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import DBAPIError, InvalidRequestError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, PoolResetState
 from sqlalchemy.sql.dml import UpdateBase
@@ -234,14 +234,28 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
         _configure_sqlite(engine, WriteTurns())
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         poolclass=_ArrivalOrderPool,
         pool_size=settings.db_pool_size,
         max_overflow=0,
-        pool_pre_ping=True,
         pool_timeout=60,
     )
+    _configure_postgresql(engine)
+    return engine
+
+
+def _configure_postgresql(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _replace_closed(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        # Instead of SQLAlchemy's pool_pre_ping, which on asyncpg is three round trips per checkout (BEGIN,
+        # a ping, ROLLBACK): half of a `GET /groups`'s CPU here, the server's and PostgreSQL's
+        # (docs/benchmarks.md, issue 3). A connection that PostgreSQL closed (a restart, an administrator's
+        # pg_terminate_backend) is already marked closed by asyncpg, whose event loop saw the socket end; the
+        # pool then opens a fresh one. A connection lost without a word from the server fails its request
+        # once and is discarded, as with any database error that SQLAlchemy recognises as a disconnect.
+        if dbapi_connection.driver_connection.is_closed():
+            raise DisconnectionError("PostgreSQL closed this connection")
 
 
 Statement = Select[Any] | CompoundSelect[Any] | UpdateBase

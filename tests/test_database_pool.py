@@ -1,14 +1,18 @@
-"""The connection pool serves waiting requests in arrival order, on both databases."""
+"""The connection pool: waiting requests served in arrival order, connections PostgreSQL closed replaced."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from privategpt.db import Database
+from tests.fixtures.servers import Api, ThreadedServer
 
 
 async def _settle() -> None:
@@ -60,3 +64,42 @@ async def test_a_waiter_that_gives_up_passes_its_place_on(make_settings: Any) ->
             assert (await again.execute(text("SELECT 1"))).scalar() == 1
     finally:
         await database.dispose()
+
+
+async def _terminate_other_backends(settings: Any) -> None:
+    """What a PostgreSQL restart does to a server's idle connections: the server ends them."""
+    database = Database(settings)
+    try:
+        async with database.engine.connect() as connection:
+            others = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ended = list((await connection.execute(text(others))).scalars())
+            assert ended
+            await connection.execute(
+                text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS integer[])) AS pid"), {"pids": ended}
+            )
+            for _ in range(200):
+                alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(CAST(:pids AS integer[]))"
+                still = (await connection.execute(text(alive), {"pids": ended})).scalar()
+                await connection.commit()  # the statistics views keep one snapshot per transaction
+                if not still:
+                    return
+                await asyncio.sleep(0.05)
+        raise AssertionError("the terminated backends did not exit")
+    finally:
+        await database.dispose()
+
+
+def test_connections_that_postgresql_closed_are_replaced_unnoticed(
+    database_url: str, make_settings: Any, server: ThreadedServer, api: Api, admin: str
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL ends connections; a SQLite file has none to end")
+
+    def concurrent_listings() -> list[int]:
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda _: api.get("/groups", admin).status_code, range(16)))
+
+    assert set(concurrent_listings()) == {200}  # several connections now idle in the server's pool
+    asyncio.run(_terminate_other_backends(make_settings()))
+    time.sleep(0.2)  # the server's event loop reads each connection's end
+    assert set(concurrent_listings() + concurrent_listings()) == {200}

@@ -298,19 +298,18 @@ async def _history(conn: AsyncConnection, caller: Principal, chat_id: str) -> li
     A turn's answer may quote its passages and, through history, the turns before it; so what decides
     is every source behind it (`context_source_ids`), not only the ones it cited.
     """
-    messages = list(
-        await conn.execute(
-            select(ChatMessage.question, ChatMessage.answer, ChatMessage.context_source_ids)
-            .where(ChatMessage.chat_id == chat_id)
-            .order_by(ChatMessage.position)
-        )
-    )
-    visible = await _visible_source_ids(conn, caller, {i for m in messages for i in m.context_source_ids})
-    return [
-        Turn(m.question, m.answer, frozenset(m.context_source_ids))
-        for m in messages
-        if visible.issuperset(m.context_source_ids)
-    ]
+    messages = await _HISTORY.all(conn, chat_id=chat_id)
+    visible = await _visible_source_ids(conn, caller, {i for _, _, ids in messages for i in ids})
+    return [Turn(question, answer, frozenset(ids)) for question, answer, ids in messages if visible.issuperset(ids)]
+
+
+# A chat's turns, oldest first (one hop to SQLite's thread where SQLAlchemy's cursor takes four).
+_MESSAGES = ChatMessage.__table__
+_HISTORY = DriverQuery(
+    select(_MESSAGES.c.question, _MESSAGES.c.answer, _MESSAGES.c.context_source_ids)
+    .where(_MESSAGES.c.chat_id == bindparam("chat_id", type_=String))
+    .order_by(_MESSAGES.c.position)
+)
 
 
 _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()

@@ -418,3 +418,17 @@ async def test_prune_while_a_transaction_stays_open_reloads_once(
             assert vec._INDEXES[key] is reloaded
     finally:
         await other.dispose()
+
+
+@pytest.mark.parametrize("rows", [1_000, vec._SPLIT_MIN_ROWS - 1, vec._SPLIT_MIN_ROWS, 3 * vec._SPLIT_MIN_ROWS + 517])
+def test_scoring_the_whole_matrix_in_two_halves_gives_every_row_its_product(rows: int) -> None:
+    generator = np.random.default_rng(rows)
+    matrix = generator.standard_normal((rows + 300, 16)).astype(np.float32)  # rows past `count` are unused
+    q = generator.standard_normal(16).astype(np.float32)
+    scores = vec._scores(matrix, q, None, rows)
+    assert scores.shape == (rows,)
+    np.testing.assert_allclose(scores, matrix[:rows] @ q, rtol=1e-5, atol=1e-5)
+    gathered = np.arange(0, rows, 3)
+    np.testing.assert_allclose(
+        vec._scores(matrix, q, gathered, len(gathered)), matrix[gathered] @ q, rtol=1e-5, atol=1e-5
+    )

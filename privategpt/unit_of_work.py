@@ -1,7 +1,8 @@
 """One unit of work per API request: committed before the response is sent, rolled back on any error.
 
-Routes take it as a typed dependency (`session: DbSession`); the routers of API v1 are built with
-`UnitOfWorkRoute`, which opens and ends it around the whole handler.
+Routes take it as a typed dependency, `session: DbSession` (an ORM session) or `connection: DbConnection`
+(Core statements only); the routers of API v1 are built with `UnitOfWorkRoute`, which ends it around the
+whole handler.
 """
 
 from __future__ import annotations

@@ -312,7 +312,8 @@ class _DriverStatement:
         return compiled.sql, compiled.parameters(params)
 
 
-async def _driver(connection: AsyncConnection) -> Any:
+async def driver_connection(connection: AsyncConnection) -> Any:
+    """The driver's own connection under `connection` (aiosqlite or asyncpg), in the caller's transaction."""
     driver = (await connection.get_raw_connection()).driver_connection
     if driver is None:
         raise InvalidRequestError("The connection was invalidated earlier in this transaction.")
@@ -334,7 +335,7 @@ class DriverQuery(_DriverStatement):
     async def all(self, connection: AsyncConnection, **params: Any) -> list[list[Any]]:
         compiled = self._compile(connection.dialect)
         positional = compiled.parameters(params)
-        driver = await _driver(connection)
+        driver = await driver_connection(connection)
         if connection.dialect.name == "sqlite":
             rows = await driver.execute_fetchall(compiled.sql, positional)
         else:
@@ -356,7 +357,7 @@ class DriverWrite(_DriverStatement):
             await connection.execute(self.statement, params)
             return
         compiled = self._compile(connection.dialect)
-        await (await _driver(connection)).execute_fetchall(compiled.sql, compiled.parameters(params))
+        await (await driver_connection(connection)).execute_fetchall(compiled.sql, compiled.parameters(params))
 
     async def run_many(self, connection: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
         """The statement once per row of parameters (an executemany: one hop on SQLite)."""
@@ -367,7 +368,7 @@ class DriverWrite(_DriverStatement):
             return
         compiled = self._compile(connection.dialect)
         # The cursor holds no open statement once executemany returns; it needs no closing hop.
-        await (await _driver(connection)).executemany(compiled.sql, [compiled.parameters(r) for r in rows])
+        await (await driver_connection(connection)).executemany(compiled.sql, [compiled.parameters(r) for r in rows])
 
 
 Write = tuple[DriverWrite, Sequence[dict[str, Any]]]
@@ -380,7 +381,7 @@ async def run_writes(connection: AsyncConnection, writes: Sequence[Write]) -> No
     thread and waits for the event loop to be told, which under load costs more than the statements.
     """
     dialect = connection.dialect
-    driver = await _driver(connection) if dialect.name == "sqlite" else None
+    driver = await driver_connection(connection) if dialect.name == "sqlite" else None
     # aiosqlite's own queue runs a plain function in its thread; without it (another driver version),
     # one hop per statement.
     execute = getattr(driver, "_execute", None)

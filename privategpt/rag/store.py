@@ -23,6 +23,8 @@ import numpy.typing as npt
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from privategpt.db import driver_connection
+
 # Bound-variable batches for SQLite: far below its 32,766 limit, large enough to amortise a round trip.
 _SQLITE_BATCH = 4000
 _PG_BATCH = 50_000
@@ -46,13 +48,6 @@ T = TypeVar("T")
 _STATS = "SELECT n_chunks, total_length FROM rag_stats WHERE id = 1"
 
 
-async def _sqlite_driver(conn: AsyncConnection) -> Any:
-    driver = (await conn.get_raw_connection()).driver_connection
-    if driver is None:
-        raise RuntimeError("The connection was invalidated earlier in this transaction.")
-    return driver
-
-
 async def on_sqlite_thread(conn: AsyncConnection, work: Callable[[sqlite3.Connection], T]) -> T:
     """`work(connection)` on the SQLite connection itself, in aiosqlite's thread and the caller's transaction.
 
@@ -60,7 +55,7 @@ async def on_sqlite_thread(conn: AsyncConnection, work: Callable[[sqlite3.Connec
     per statement (each hop wakes the thread and waits for the event loop to be told), and the Python
     around the statements (index rows, term vectors) runs there too, not on the event loop.
     """
-    driver = await _sqlite_driver(conn)
+    driver = await driver_connection(conn)
     # aiosqlite's own queue runs a plain function in its thread (since 0.17; private, hence checked).
     execute, sqlite = getattr(driver, "_execute", None), getattr(driver, "_conn", None)
     if execute is None or not isinstance(sqlite, sqlite3.Connection):
@@ -502,7 +497,7 @@ class SqliteStore(_SqlStore):
         # Straight to aiosqlite: one hop to its thread, where SQLAlchemy's cursor takes four (cursor,
         # execute, fetch, close) and its execution path costs more CPU than most of these statements.
         sql, values = _expanded(sql, params or {}, expanding)
-        return list(await (await _sqlite_driver(conn)).execute_fetchall(sql, values))
+        return list(await (await driver_connection(conn)).execute_fetchall(sql, values))
 
     async def _stats_and_terms(
         self, conn: AsyncConnection, terms: Sequence[str]

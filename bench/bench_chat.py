@@ -92,8 +92,9 @@ def _unused_port() -> int:
 
 
 @contextmanager
-def fake_llm(delay: float) -> Iterator[str]:
+def fake_llm(delay: float, **attributes: float) -> Iterator[str]:
     """The test suite's fake LLM in a process of its own, answering after `delay` seconds; yields its URL.
+    `attributes` set more of its knobs (`embedding_delay=0.5`, ...).
 
     In this process it would share the interpreter lock with the load generator, and its answers would
     wait for the clients' work (and the clients for its), which is not what a real LLM server does.
@@ -103,7 +104,8 @@ def fake_llm(delay: float) -> Iterator[str]:
         "from tests.fixtures.llm_server import FakeLLM\n"
         "llm = FakeLLM()\n"
         f"llm.delay = {delay!r}\n"
-        "llm.start()\n"
+        + "".join(f"llm.{name} = {value!r}\n" for name, value in attributes.items())
+        + "llm.start()\n"
         "print(llm.url, flush=True)\n"
         "sys.stdin.read()\n"
         "llm.stop()\n"

@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from privategpt.config import Settings
-from privategpt.model_client import model_server_client
+from privategpt.model_client import ModelServerClients
 
 RerankApi = Literal["cohere", "tei"]
 
@@ -65,7 +65,8 @@ class HttpReranker:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api = api
-        self._client = model_server_client(self.base_url, api_key=api_key, timeout=timeout)
+        # Several pools, as for the LLM: many questions may be reranked at once (see ModelServerClients).
+        self._clients = ModelServerClients(self.base_url, api_key=api_key, timeout=timeout)
 
     @property
     def model_name(self) -> str:
@@ -99,7 +100,8 @@ class HttpReranker:
         if not passages:
             return []
         try:
-            response = await self._client.post("/rerank", json=self._request(query, passages))
+            with self._clients.client() as client:
+                response = await client.post("/rerank", json=self._request(query, passages))
         except httpx.HTTPError as exc:
             raise RerankFailed(f"the rerank server at {self.base_url} cannot be reached: {type(exc).__name__}") from exc
         if response.status_code != 200:
@@ -111,7 +113,7 @@ class HttpReranker:
         return self._parse(body, len(passages))
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._clients.aclose()
 
 
 def build_reranker(settings: Settings) -> Reranker | None:

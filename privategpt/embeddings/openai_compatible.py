@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 
 from privategpt.embeddings.base import EmbeddingFailed, Vectors
-from privategpt.model_client import model_server_client
+from privategpt.model_client import ModelServerClients
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,9 @@ class OpenAICompatibleEmbedder:
         self.passage_prefix = passage_prefix
         self.send_input_type = send_input_type
         self._dimension = dimension
-        self._client = model_server_client(self.base_url, api_key=api_key, timeout=timeout)
+        # Several pools: with many questions at once, one pool's bookkeeping grows with the square of its
+        # connections (see ModelServerClients).
+        self._clients = ModelServerClients(self.base_url, api_key=api_key, timeout=timeout)
 
     @property
     def model_name(self) -> str:
@@ -97,7 +99,7 @@ class OpenAICompatibleEmbedder:
         return vector
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._clients.aclose()
 
     async def _gather(self, batches: list[list[str]]) -> list[Vectors]:
         limit = asyncio.Semaphore(_CONCURRENT_REQUESTS)
@@ -120,8 +122,9 @@ class OpenAICompatibleEmbedder:
             body["input_type"] = input_type
         where = f"{self.base_url}/embeddings"
         try:
-            async with asyncio.timeout(self.timeout):
-                response = await self._client.post("/embeddings", json=body)
+            with self._clients.client() as client:
+                async with asyncio.timeout(self.timeout):
+                    response = await client.post("/embeddings", json=body)
         except (TimeoutError, httpx.TimeoutException):
             raise EmbeddingFailed(f"embedding server {where} did not answer within {self.timeout:g} s") from None
         except httpx.HTTPError as exc:

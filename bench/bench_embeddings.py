@@ -16,10 +16,12 @@ loop's lag while the model computes, which is what a chat request would feel.
     python bench/bench_embeddings.py                      # 200 abstracts, every CPU
     python bench/bench_embeddings.py --threads 1 -n 64
     OMP_WAIT_POLICY=active python bench/bench_embeddings.py -n 64    # libgomp spinning instead of sleeping
+    python bench/bench_embeddings.py --queries 150                    # query embeddings, one at a time
+    GOMP_SPINCOUNT=0 python bench/bench_embeddings.py --queries 150   # without the short spin
     python bench/bench_embeddings.py -n 64 --niceness 0               # model threads at normal priority
 
 The OpenMP wait policy is read once, when the engine loads: set it in the environment (the embedder sets
-PASSIVE when nothing is set).
+PASSIVE and GOMP_SPINCOUNT=1000 when neither is set).
 """
 
 from __future__ import annotations
@@ -131,6 +133,33 @@ async def run(count: int, threads: int, job_chars: int) -> dict[str, Any]:
     }
 
 
+async def run_queries(count: int, threads: int) -> dict[str, Any]:
+    """`count` SciFact claims embedded one after another through `LocalEmbedder.embed_query`, as chats ask."""
+    lines = (DATA.parent / "queries.test.jsonl").read_text(encoding="utf-8").splitlines()
+    claims = [json.loads(line)["text"] for line in lines if line.strip()][:count]
+    embedder = LocalEmbedder(threads=threads)
+    for claim in claims[:10]:  # loads the model, sets its threads
+        await embedder.embed_query(claim)
+    walls: list[float] = []
+    cpu_started = time.process_time()
+    for claim in claims:
+        started = time.perf_counter()
+        await embedder.embed_query(claim)
+        walls.append(time.perf_counter() - started)
+    cpu = time.process_time() - cpu_started
+    walls.sort()
+    return {
+        "queries": len(claims),
+        "threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+        "query_ms_p50": round(1000 * walls[len(walls) // 2], 1),
+        "query_ms_p95": round(1000 * walls[int(len(walls) * 0.95)], 1),
+        "cpu_ms_per_query": round(1000 * cpu / len(claims), 1),
+        "load_average": os.getloadavg(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--count", type=int, default=200, help="SciFact abstracts to embed")
@@ -139,9 +168,16 @@ def main() -> None:
         "--niceness", type=int, default=local.THREAD_NICENESS, help="CPU niceness of the model threads (0: none)"
     )
     parser.add_argument("--job-chars", type=int, default=local.JOB_CHARS, help="characters per model job")
+    parser.add_argument(
+        "--queries", type=int, default=0, help="instead: embed this many SciFact claims one at a time, as chats do"
+    )
     args = parser.parse_args()
     local.THREAD_NICENESS = args.niceness  # read when the model thread starts
-    result = asyncio.run(run(args.count, args.threads or available_cpus(), args.job_chars))
+    threads = args.threads or available_cpus()
+    if args.queries:
+        result = asyncio.run(run_queries(args.queries, threads))
+    else:
+        result = asyncio.run(run(args.count, threads, args.job_chars))
     print(json.dumps(result, indent=2))
 
 

@@ -3,7 +3,8 @@
 * `concurrency`: N users (default 50) ask at once while the LLM takes D seconds (default 2) per answer.
   Target: all answered within 1.3 x D wall time, and `GET /groups` p99 < 100 ms meanwhile.
 * `overhead`: a zero-delay LLM, 100,000 chunks indexed; sequential questions, for a user who may see 1 %
-  of the documents and one who may see all of them. Target: p50 < 50 ms, p95 < 150 ms.
+  of the documents and one who may see all of them. Target: p50 < 50 ms, p95 < 150 ms. New chats, then the
+  same questions as continued ones (`continued_*`: each chat continued FOLLOW_UPS times, with its history).
 
     python bench/bench_chat.py concurrency --databases sqlite,postgresql
     python bench/bench_chat.py overhead --databases sqlite,postgresql --chunks 100000
@@ -71,6 +72,8 @@ SECTIONS_PER_SOURCE = 10
 SECTION_WORDS = 180
 # Marks a finished corpus (chunks and their vectors); older corpora, without vectors, are built again.
 READY = "ready-with-vectors"
+# Follow-up questions per continued chat in `overhead`.
+FOLLOW_UPS = 4
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -465,12 +468,29 @@ def overhead(database: str, args: argparse.Namespace) -> dict[str, Any]:
                             f"{api}/search", json={"query": query, "groups": body_groups, "k": 6}, headers=headers
                         ).raise_for_status()
                         searches.append(time.perf_counter() - started)
+                    # Continued chats: the same questions, each chat started with one and continued with the
+                    # next FOLLOW_UPS (the default scenario reads history); only the follow-ups are timed.
+                    follow_ups: list[float] = []
+                    for first in range(0, len(queries), FOLLOW_UPS + 1):
+                        chat = client.post(
+                            f"{api}/chats", json={"question": queries[first], "groups": body_groups}, headers=headers
+                        )
+                        chat.raise_for_status()
+                        chat_id = chat.json()["data"]["chatId"]
+                        for query in queries[first + 1 : first + 1 + FOLLOW_UPS]:
+                            started = time.perf_counter()
+                            client.patch(
+                                f"{api}/chats/{chat_id}", json={"question": query}, headers=headers
+                            ).raise_for_status()
+                            follow_ups.append(time.perf_counter() - started)
                 results[label] = {
                     "p50_ms": round(percentile(latencies, 50) * 1000, 1),
                     "p95_ms": round(percentile(latencies, 95) * 1000, 1),
                     "mean_ms": round(statistics.mean(latencies) * 1000, 1),
                     "search_p50_ms": round(percentile(searches, 50) * 1000, 1),
                     "search_p95_ms": round(percentile(searches, 95) * 1000, 1),
+                    "continued_p50_ms": round(percentile(follow_ups, 50) * 1000, 1),
+                    "continued_p95_ms": round(percentile(follow_ups, 95) * 1000, 1),
                     "sources_per_answer": round(cited / len(queries), 2),
                 }
     finally:

@@ -10,9 +10,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import CompoundSelect, Select, event, make_url
+from sqlalchemy import CompoundSelect, CursorResult, Select, event, make_url
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import Connection, Dialect
@@ -24,6 +24,8 @@ from sqlalchemy.util import await_
 from sqlalchemy.util.queue import Empty, Full, QueueCommon
 
 from privategpt.config import Settings
+
+T = TypeVar("T")
 
 # Execution option that makes SQLite take the write lock when the transaction begins. Without it two
 # transactions that read and then write deadlock, and SQLite fails one at once with "database is locked"
@@ -320,6 +322,21 @@ async def driver_connection(connection: AsyncConnection) -> Any:
     return driver
 
 
+async def on_sqlite_thread(conn: AsyncConnection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """`work(connection)` on the SQLite connection itself, in aiosqlite's thread and the caller's transaction.
+
+    One hop to that thread for any number of statements, where SQLAlchemy's cursor takes three or four
+    per statement (each hop wakes the thread and waits for the event loop to be told), and the Python
+    around the statements runs there too, not on the event loop.
+    """
+    driver = await driver_connection(conn)
+    # aiosqlite's own queue runs a plain function in its thread (since 0.17; private, hence checked).
+    execute, sqlite = getattr(driver, "_execute", None), getattr(driver, "_conn", None)
+    if execute is None or not isinstance(sqlite, sqlite3.Connection):
+        raise RuntimeError("this aiosqlite version offers no way to run a function in its thread")
+    return cast(T, await execute(work, sqlite))
+
+
 class DriverQuery(_DriverStatement):
     """A Core SELECT run on the driver's own connection (aiosqlite or asyncpg) in the caller's transaction.
 
@@ -352,12 +369,13 @@ class DriverWrite(_DriverStatement):
     statement SQLAlchemy itself runs) and costs no thread hop there.
     """
 
-    async def run(self, connection: AsyncConnection, **params: Any) -> None:
+    async def run(self, connection: AsyncConnection, **params: Any) -> int:
+        """The statement once; the number of rows it matched."""
         if connection.dialect.name != "sqlite":
-            await connection.execute(self.statement, params)
-            return
-        compiled = self._compile(connection.dialect)
-        await (await driver_connection(connection)).execute_fetchall(compiled.sql, compiled.parameters(params))
+            result = await connection.execute(self.statement, params)
+            return int(cast(CursorResult[Any], result).rowcount)
+        sql, values = self.on_driver(connection.dialect, **params)
+        return await on_sqlite_thread(connection, lambda sqlite: sqlite.execute(sql, values).rowcount)
 
     async def run_many(self, connection: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
         """The statement once per row of parameters (an executemany: one hop on SQLite)."""
@@ -381,11 +399,7 @@ async def run_writes(connection: AsyncConnection, writes: Sequence[Write]) -> No
     thread and waits for the event loop to be told, which under load costs more than the statements.
     """
     dialect = connection.dialect
-    driver = await driver_connection(connection) if dialect.name == "sqlite" else None
-    # aiosqlite's own queue runs a plain function in its thread; without it (another driver version),
-    # one hop per statement.
-    execute = getattr(driver, "_execute", None)
-    if driver is None or execute is None:
+    if dialect.name != "sqlite":
         for write, rows in writes:
             await write.run_many(connection, rows)
         return
@@ -401,7 +415,7 @@ async def run_writes(connection: AsyncConnection, writes: Sequence[Write]) -> No
             elif rows:
                 sqlite.executemany(sql, rows)
 
-    await execute(lambda: apply(driver._conn))
+    await on_sqlite_thread(connection, apply)
 
 
 class Database:

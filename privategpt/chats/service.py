@@ -474,8 +474,7 @@ async def _save(
         "context_source_ids": sorted(context),
         "created_at": now,
     }
-    async with turn(), database.session() as session:
-        conn = await session.connection()
+    async with turn(), database.engine_for(write=True).begin() as conn:
         writes: list[Write] = []
         if chat.is_new:
             new_chat = {
@@ -503,6 +502,25 @@ async def _save(
 
 # -- the busy lock --------------------------------------------------------------------------------
 
+_OWNED_LOCK = (Chat.id == bindparam("chat_id", type_=String), Chat.locked_by == bindparam("owner"))
+# The lock of the caller's chat, taken unless another question holds it (its lease not yet lapsed).
+_TAKE_LOCK = DriverWrite(
+    update(Chat)
+    .where(
+        Chat.id == bindparam("chat_id", type_=String),
+        Chat.user_id == bindparam("caller_id", type_=Integer),  # not `user_id`: a column's name is reserved
+        or_(Chat.locked_until.is_(None), Chat.locked_until < bindparam("now")),
+    )
+    .values(locked_by=bindparam("owner"), locked_until=bindparam("until"))
+)
+_RENEW_LOCK = DriverWrite(update(Chat).where(*_OWNED_LOCK).values(locked_until=bindparam("until")))
+_RELEASE_LOCK = DriverWrite(update(Chat).where(*_OWNED_LOCK).values(locked_by=None, locked_until=None))
+# Released by the transaction that saves the answer, which also marks the chat as updated.
+_RELEASE_LOCK_ON_SAVE = DriverWrite(
+    update(Chat).where(*_OWNED_LOCK).values(locked_by=None, locked_until=None, updated_at=bindparam("now"))
+)
+_CHAT_EXISTS = DriverQuery(select(_CHATS.c.id).where(_CHATS.c.id == bindparam("chat_id", type_=String)))
+
 
 @dataclass
 class ChatLock:
@@ -524,19 +542,14 @@ class ChatLock:
         """Take the lock of the caller's chat, or raise 409 while another question holds it."""
         lock = cls(database, chat_id, secrets.token_hex(16), timedelta(seconds=settings.chat_lock_seconds))
         now = utcnow()
-        async with database.session() as session:
-            result = await session.execute(
-                update(Chat)
-                .where(
-                    Chat.id == chat_id,
-                    Chat.user_id == user_id,
-                    or_(Chat.locked_until.is_(None), Chat.locked_until < now),
+        async with database.engine_for(write=True).begin() as conn:
+            taken = (
+                await _TAKE_LOCK.run(
+                    conn, chat_id=chat_id, caller_id=user_id, now=now, owner=lock.owner, until=now + lock.lease
                 )
-                .values(locked_by=lock.owner, locked_until=now + lock.lease)
-                .execution_options(synchronize_session=False)
+                == 1
             )
-            taken = cast(CursorResult[object], result).rowcount == 1
-            if not taken and await session.scalar(select(Chat.id).where(Chat.id == chat_id)) is None:
+            if not taken and not await _CHAT_EXISTS.all(conn, chat_id=chat_id):
                 raise NotFound(NOT_FOUND)  # deleted since it was read
         if not taken:
             raise Conflict(BUSY)
@@ -553,28 +566,18 @@ class ChatLock:
             except TimeoutError:
                 pass
             try:
-                async with self.database.session() as session:
-                    await session.execute(
-                        update(Chat)
-                        .where(Chat.id == self.chat_id, Chat.locked_by == self.owner)
-                        .values(locked_until=utcnow() + self.lease)
-                        .execution_options(synchronize_session=False)
-                    )
+                async with self.database.engine_for(write=True).begin() as conn:
+                    await _RENEW_LOCK.run(conn, chat_id=self.chat_id, owner=self.owner, until=utcnow() + self.lease)
             except Exception:
                 # A missed renewal only shortens the lease; the next one may well succeed.
                 logger.warning("Could not renew the lock of chat %s", self.chat_id, exc_info=True)
 
     async def release_in(self, conn: AsyncConnection, now: object) -> None:
         """Release the lock inside the saving transaction; 404/409 if the chat went or the lock was lost."""
-        result = await conn.execute(
-            update(Chat)
-            .where(Chat.id == self.chat_id, Chat.locked_by == self.owner)
-            .values(locked_by=None, locked_until=None, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        if cast(CursorResult[object], result).rowcount != 1:
-            exists = await conn.scalar(select(Chat.id).where(Chat.id == self.chat_id))
-            if exists is None:
+        released = await _RELEASE_LOCK_ON_SAVE.run(conn, chat_id=self.chat_id, owner=self.owner, now=now)
+        if released != 1:
+            exists = await _CHAT_EXISTS.all(conn, chat_id=self.chat_id)
+            if not exists:
                 raise NotFound("The chat was deleted while the answer was being produced.")
             raise Conflict("The chat's lock lapsed while the answer was being produced; please ask again.")
 
@@ -586,13 +589,8 @@ class ChatLock:
         if released:
             return
         try:
-            async with self.database.session() as session:
-                await session.execute(
-                    update(Chat)
-                    .where(Chat.id == self.chat_id, Chat.locked_by == self.owner)
-                    .values(locked_by=None, locked_until=None)
-                    .execution_options(synchronize_session=False)
-                )
+            async with self.database.engine_for(write=True).begin() as conn:
+                await _RELEASE_LOCK.run(conn, chat_id=self.chat_id, owner=self.owner)
         except Exception:
             # The lease runs out by itself; the chat is busy a little longer, never for good.
             logger.warning("Could not release the lock of chat %s", self.chat_id, exc_info=True)

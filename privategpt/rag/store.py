@@ -14,16 +14,16 @@ import re
 import sqlite3
 import struct
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from privategpt.db import driver_connection
+from privategpt.db import driver_connection, on_sqlite_thread
 
 # Bound-variable batches for SQLite: far below its 32,766 limit, large enough to amortise a round trip.
 _SQLITE_BATCH = 4000
@@ -43,24 +43,7 @@ def encode_terms(pairs: Sequence[tuple[int, int]]) -> bytes:
     return struct.pack(">" + "IH" * len(ordered), *[v for term_id, tf in ordered for v in (term_id, min(tf, _MAX_TF))])
 
 
-T = TypeVar("T")
-
 _STATS = "SELECT n_chunks, total_length FROM rag_stats WHERE id = 1"
-
-
-async def on_sqlite_thread(conn: AsyncConnection, work: Callable[[sqlite3.Connection], T]) -> T:
-    """`work(connection)` on the SQLite connection itself, in aiosqlite's thread and the caller's transaction.
-
-    One hop to that thread for any number of statements, where SQLAlchemy's cursor takes three or four
-    per statement (each hop wakes the thread and waits for the event loop to be told), and the Python
-    around the statements (index rows, term vectors) runs there too, not on the event loop.
-    """
-    driver = await driver_connection(conn)
-    # aiosqlite's own queue runs a plain function in its thread (since 0.17; private, hence checked).
-    execute, sqlite = getattr(driver, "_execute", None), getattr(driver, "_conn", None)
-    if execute is None or not isinstance(sqlite, sqlite3.Connection):
-        raise RuntimeError("this aiosqlite version offers no way to run a function in its thread")
-    return cast(T, await execute(work, sqlite))
 
 
 def _expanded(sql: str, params: Mapping[str, Any], expanding: Sequence[str]) -> tuple[str, dict[str, Any]]:

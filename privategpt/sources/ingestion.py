@@ -18,11 +18,11 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from privategpt.db import Database
+from privategpt.db import Database, on_sqlite_thread
 from privategpt.models import Source
 from privategpt.rag import PreparedSource, delete_source_chunks, index_prepared_many, prepare_source
 from privategpt.rag.retrieval import DEFAULT_PARAMS
-from privategpt.rag.store import delete_sqlite, on_sqlite_thread, write_sqlite
+from privategpt.rag.store import delete_sqlite, write_sqlite
 from privategpt.sources.embedding import PENDING, queue_embedding
 from privategpt.worker import queue
 from privategpt.worker.queue import ClaimedJob

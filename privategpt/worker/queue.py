@@ -30,9 +30,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
-from privategpt.db import Database, DriverQuery, DriverWrite
+from privategpt.db import Database, DriverQuery, DriverWrite, on_sqlite_thread
 from privategpt.models import Job, UTCDateTime, utcnow
-from privategpt.rag.store import on_sqlite_thread
 
 INGEST = "ingest"
 # Dense vectors of an indexed source: slow (a CPU model), so kept apart from `ingest` jobs, which must

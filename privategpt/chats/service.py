@@ -519,7 +519,7 @@ _RELEASE_LOCK = DriverWrite(update(Chat).where(*_OWNED_LOCK).values(locked_by=No
 _RELEASE_LOCK_ON_SAVE = DriverWrite(
     update(Chat).where(*_OWNED_LOCK).values(locked_by=None, locked_until=None, updated_at=bindparam("now"))
 )
-_CHAT_EXISTS = DriverQuery(select(_CHATS.c.id).where(_CHATS.c.id == bindparam("chat_id", type_=String)))
+_CHAT_EXISTS = DriverQuery(select(Chat.id).where(Chat.id == bindparam("chat_id", type_=String)))
 
 
 @dataclass

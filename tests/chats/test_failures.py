@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,12 +11,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select, update
 
 from privategpt.config import Settings
+from privategpt.db import Database
+from privategpt.models import Chat, utcnow
 from tests.chats.helpers import ask_ok, continue_ok, get_chat, new_chat
 from tests.fixtures.llm_server import FakeLLM
 from tests.fixtures.servers import ADMIN_EMAIL, ADMIN_PASSWORD, Api, free_port, running_server
@@ -261,6 +266,55 @@ def test_deleting_a_chat_while_it_answers(chat_api: Api, chat_admin: str, llm: F
     other.close()
     assert box["result"].status_code == 404, box["result"].text
     assert chat_api.get(f"/chats/{chat_id}", chat_admin).status_code == 404
+
+
+def test_a_lock_lost_while_answering_is_409_and_saves_nothing(make_settings: Any, llm: FakeLLM) -> None:
+    """The lease lapsed and another process took the lock over (written here straight into the row): the
+    answer is refused with 409 when it is saved, history stays as it was, and the new holder keeps its lock."""
+    settings = make_settings(llm_base_url=llm.url, llm_model="m")
+    with running_server(settings) as server:
+        api = Api(server.base_url)
+        token = api.admin_token()
+        chat_id = ask_ok(api, token, "first")["chatId"]
+        llm.close_gate()
+        other = Api(server.base_url)
+        with _in_background(lambda: other.patch(f"/chats/{chat_id}", token, json={"question": "too late"})) as box:
+            llm.wait_for_requests(2)
+            _take_over_lock(settings, chat_id, "another-process")
+            llm.open_gate()
+        other.close()
+        assert box["result"].status_code == 409, box["result"].text
+        assert "lapsed" in box["result"].json()["message"]
+        chat = get_chat(api, token, chat_id)
+        assert [m["question"] for m in chat["messages"]] == ["first"]
+        assert chat["isLocked"] is True  # still the new holder's
+        assert _lock_holder(settings, chat_id) == "another-process"
+        api.close()
+
+
+def _take_over_lock(settings: Settings, chat_id: str, owner: str) -> None:
+    async def take() -> None:
+        database = Database(settings)
+        async with database.engine.begin() as conn:
+            await conn.execute(
+                update(Chat)
+                .where(Chat.id == chat_id)
+                .values(locked_by=owner, locked_until=utcnow() + timedelta(minutes=5))
+            )
+        await database.dispose()
+
+    asyncio.run(take())
+
+
+def _lock_holder(settings: Settings, chat_id: str) -> str | None:
+    async def read() -> str | None:
+        database = Database(settings)
+        async with database.engine.connect() as conn:
+            holder = await conn.scalar(select(Chat.locked_by).where(Chat.id == chat_id))
+        await database.dispose()
+        return holder
+
+    return asyncio.run(read())
 
 
 def test_many_chats_answer_concurrently(chat_api: Api, chat_admin: str, llm: FakeLLM) -> None:

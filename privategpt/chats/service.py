@@ -435,7 +435,6 @@ _CHAT_COLUMNS = (
 _INSERT_CHAT = DriverWrite(insert(Chat).values({c: bindparam(c) for c in _CHAT_COLUMNS}))
 _MESSAGE_COLUMNS = (
     "chat_id",
-    "position",
     "question",
     "answer",
     "language",
@@ -443,9 +442,15 @@ _MESSAGE_COLUMNS = (
     "context_source_ids",
     "created_at",
 )
-_INSERT_MESSAGE = DriverWrite(insert(ChatMessage).values({c: bindparam(c) for c in _MESSAGE_COLUMNS}))
-_LAST_POSITION = DriverQuery(
-    select(func.max(ChatMessage.position)).where(ChatMessage.chat_id == bindparam("chat_id", type_=String))
+# A chat's next message, numbered after its last one (0 for the first) by the INSERT itself: one statement
+# where reading the last position first took two. The chat's lock keeps other questions of the chat out.
+_NEXT_POSITION = (
+    select(func.coalesce(func.max(ChatMessage.position) + 1, 0))
+    .where(ChatMessage.chat_id == bindparam("of_chat", type_=String))
+    .scalar_subquery()
+)
+_INSERT_MESSAGE = DriverWrite(
+    insert(ChatMessage).values({**{c: bindparam(c) for c in _MESSAGE_COLUMNS}, "position": _NEXT_POSITION})
 )
 
 
@@ -467,6 +472,7 @@ async def _save(
     now = utcnow()
     message = {
         "chat_id": chat.id,
+        "of_chat": chat.id,
         "question": question,
         "answer": answer,
         "language": chat.language,
@@ -489,12 +495,9 @@ async def _save(
                 "updated_at": now,
             }
             writes.append((_INSERT_CHAT, [new_chat]))
-            message["position"] = 0
         else:
             assert lock is not None
             await lock.release_in(conn, now)
-            last = (await _LAST_POSITION.all(conn, chat_id=chat.id))[0][0]
-            message["position"] = 0 if last is None else last + 1
         writes.append((_INSERT_MESSAGE, [message]))
         await run_writes(conn, writes)
     return ChatAnswer(chatId=chat.id, answer=answer, sources=sources)

@@ -444,6 +444,7 @@ _MESSAGE_COLUMNS = (
 )
 # A chat's next message, numbered after its last one (0 for the first) by the INSERT itself: one statement
 # where reading the last position first took two. The chat's lock keeps other questions of the chat out.
+# `of_chat` is the chat's id again: `chat_id`, a column's name, is reserved for that column's VALUES parameter.
 _NEXT_POSITION = (
     select(func.coalesce(func.max(ChatMessage.position) + 1, 0))
     .where(ChatMessage.chat_id == bindparam("of_chat", type_=String))

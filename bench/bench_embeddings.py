@@ -17,7 +17,7 @@ loop's lag while the model computes, which is what a chat request would feel.
     python bench/bench_embeddings.py --threads 1 -n 64
     OMP_WAIT_POLICY=active python bench/bench_embeddings.py -n 64    # libgomp spinning instead of sleeping
     python bench/bench_embeddings.py --queries 150                    # query embeddings, one at a time
-    GOMP_SPINCOUNT=0 python bench/bench_embeddings.py --queries 150   # without the short spin
+    GOMP_SPINCOUNT=0 OMP_WAIT_POLICY=PASSIVE python bench/bench_embeddings.py --queries 150  # no spin
     python bench/bench_embeddings.py -n 64 --niceness 0               # model threads at normal priority
 
 The OpenMP wait policy is read once, when the engine loads: set it in the environment (the embedder sets
